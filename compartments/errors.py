@@ -1,0 +1,138 @@
+"""One exception tree, rooted in :class:`CompartmentsError`.
+
+Each class also subclasses the builtin that a generic handler would reach for, so
+``except PermissionError`` or ``except TimeoutError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CallTimeout",
+    "CompartmentCrashed",
+    "CompartmentsError",
+    "LandlockError",
+    "NoRulesEnabledError",
+    "PolicyViolation",
+    "ProtocolError",
+    "RemoteError",
+    "RuleConflictError",
+    "UnknownSyscallError",
+    "UnsupportedError",
+]
+
+
+class CompartmentsError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class RuleConflictError(CompartmentsError, ValueError):
+    """A simple rule would silently override a conditional one for the same syscall."""
+
+    def __init__(self, syscall: str, conditional_from: str, simple_from: str) -> None:
+        self.syscall = syscall
+        self.conditional_from = conditional_from
+        self.simple_from = simple_from
+        super().__init__(
+            f"A conditional rule on syscall `{syscall}` from RuleSet `{conditional_from}` "
+            f"would be overridden by a simple rule from RuleSet `{simple_from}`."
+        )
+
+
+class NoRulesEnabledError(CompartmentsError, ValueError):
+    """A SafetyContext was applied before any RuleSet was enabled."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No rules were enabled: enable at least one RuleSet "
+            "(SystemIO.nothing() seals to the base set: pure computation, no I/O)."
+        )
+
+
+class UnknownSyscallError(CompartmentsError, ValueError):
+    """A RuleSet names a syscall this architecture does not have."""
+
+    def __init__(self, syscall: str, ruleset: str | None = None) -> None:
+        self.syscall = syscall
+        self.ruleset = ruleset
+        where = f" (from RuleSet `{ruleset}`)" if ruleset else ""
+        super().__init__(f"Unknown syscall `{syscall}` on this architecture{where}")
+
+
+class UnsupportedError(CompartmentsError, OSError):
+    """The running kernel or libseccomp lacks a feature the policy needs."""
+
+
+class LandlockError(CompartmentsError, OSError):
+    """Landlock refused a ruleset, a rule or restrict_self."""
+
+
+class PolicyViolation(CompartmentsError, PermissionError):
+    """A sealed compartment made a syscall its policy does not allow."""
+
+    def __init__(
+        self,
+        syscall: str,
+        args: tuple[int, ...] | list[int] = (),
+        compartment: str = "",
+        suggestion: str = "",
+        decoded: str = "",
+    ) -> None:
+        self.syscall = syscall
+        self.compartment = compartment
+        self.suggestion = suggestion
+        self.decoded = decoded
+        detail = f" {decoded}" if decoded else ""
+        text = (
+            f"compartment `{compartment}` was denied syscall `{syscall}`{detail}"
+            f"{'; ' + suggestion if suggestion else ''}"
+        )
+        PermissionError.__init__(self, 1, text)
+        # `.args` names the syscall's arguments here, as the violation report promises.
+        self.args = tuple(args)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (self.syscall, self.args, self.compartment, self.suggestion, self.decoded),
+        )
+
+
+class ProtocolError(CompartmentsError, ConnectionError):
+    """A compartment sent a frame that is malformed, oversized or out of protocol.
+
+    The compartment is closed; the parent carries on.
+    """
+
+
+class CompartmentCrashed(CompartmentsError, ChildProcessError):
+    """The compartment's process died while calls were in flight or being made."""
+
+    def __init__(self, compartment: str, reason: str) -> None:
+        self.compartment = compartment
+        self.reason = reason
+        super().__init__(f"compartment `{compartment}` crashed: {reason}")
+
+
+class CallTimeout(CompartmentsError, TimeoutError):
+    """A call did not get its reply within its timeout."""
+
+    def __init__(self, compartment: str, method: str, timeout: float) -> None:
+        self.compartment = compartment
+        self.method = method
+        self.timeout = timeout
+        super().__init__(
+            f"call `{method}` to compartment `{compartment}` got no reply within {timeout:g}s"
+        )
+
+
+class RemoteError(CompartmentsError):
+    """An exception of a non-builtin type raised inside a compartment."""
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: str = "") -> None:
+        self.remote_type = remote_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{remote_type}: {message}")
