@@ -28,12 +28,15 @@ class CompartmentsError(Exception):
 class RuleConflictError(CompartmentsError, ValueError):
     """A simple rule would silently override a conditional one for the same syscall."""
 
-    def __init__(self, syscall: str, conditional_from: str, simple_from: str) -> None:
+    def __init__(
+        self, syscall: str, conditional_from: str, simple_from: str, message: str = ""
+    ) -> None:
         self.syscall = syscall
         self.conditional_from = conditional_from
         self.simple_from = simple_from
         super().__init__(
-            f"A conditional rule on syscall `{syscall}` from RuleSet `{conditional_from}` "
+            message
+            or f"A conditional rule on syscall `{syscall}` from RuleSet `{conditional_from}` "
             f"would be overridden by a simple rule from RuleSet `{simple_from}`."
         )
 

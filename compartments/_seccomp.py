@@ -1,0 +1,212 @@
+"""The one module that touches libseccomp.
+
+pyseccomp 0.1.2 hides a few things we need (bad names give a bare EINVAL, no notify fd,
+exports need a real fd), so those are handled here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import pyseccomp
+
+from .errors import UnknownSyscallError, UnsupportedError
+
+__all__ = [
+    "Comparison",
+    "CompiledRule",
+    "build_filter",
+    "export_bpf",
+    "export_pfc",
+    "libseccomp_version",
+    "load",
+    "notify_fd",
+    "set_no_new_privs",
+    "syscall_exists",
+    "syscall_name",
+    "syscall_number",
+]
+
+PR_SET_NO_NEW_PRIVS = 38
+# libseccomp's binary-tree layout keeps large filters O(log n), but costs more than a
+# linear scan for a handful of rules.
+BINARY_TREE_THRESHOLD = 16
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One argument comparison, in libseccomp's terms (already normalised to u64)."""
+
+    index: int
+    op: int
+    datum_a: int
+    datum_b: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A syscall with its action and the comparisons that must all hold."""
+
+    syscall: str
+    action: int
+    comparisons: tuple[Comparison, ...] = ()
+
+
+@functools.cache
+def syscall_number(name: str) -> int:
+    """Resolve a syscall name on the native architecture, or raise naming it."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise UnknownSyscallError(repr(name))
+    number = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
+    # -1 means unknown; other negative numbers are pseudo-syscalls of other architectures.
+    if number < 0:
+        raise UnknownSyscallError(name)
+    return number
+
+
+def syscall_exists(name: str) -> bool:
+    try:
+        syscall_number(name)
+    except UnknownSyscallError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def syscall_name(number: int) -> str:
+    """The native name of a syscall number, or ``syscall_<n>`` when libseccomp has none."""
+    try:
+        return bytes(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, number)).decode()
+    except ValueError:
+        return f"syscall_{number}"
+
+
+def set_no_new_privs() -> None:
+    """Forbid gaining privileges via exec; root could otherwise load filters without it."""
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+
+
+def build_filter(
+    rules: Iterable[CompiledRule],
+    *,
+    default_action: int,
+    tsync: bool,
+) -> pyseccomp.SyscallFilter:
+    """Compile rules into a libseccomp filter context (not yet loaded)."""
+    rules = list(rules)
+    flt = pyseccomp.SyscallFilter(default_action)
+    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    flt.set_attr(pyseccomp.Attr.CTL_NNP, 1)
+    if tsync:
+        flt.set_attr(pyseccomp.Attr.CTL_TSYNC, 1)
+    if len(rules) >= BINARY_TREE_THRESHOLD:
+        flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    for rule in rules:
+        args = [pyseccomp.Arg(c.index, c.op, c.datum_a, c.datum_b) for c in rule.comparisons]
+        try:
+            flt.add_rule(rule.action, syscall_number(rule.syscall), *args)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"libseccomp rejected the rule for `{rule.syscall}` "
+                f"({len(args)} comparison(s)): {os.strerror(exc.errno or errno.EINVAL)}",
+            ) from None
+    return flt
+
+
+def load(flt: pyseccomp.SyscallFilter) -> None:
+    set_no_new_privs()
+    try:
+        flt.load()
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise OSError(
+                exc.errno, "seccomp TSYNC failed: another thread has a diverging filter"
+            ) from None
+        raise OSError(exc.errno, f"loading the seccomp filter failed: {exc.strerror}") from None
+
+
+def notify_fd(flt: pyseccomp.SyscallFilter) -> int:
+    """The user-notification listener fd of a loaded filter (not exposed by pyseccomp)."""
+    lib = pyseccomp._libseccomp
+    if not hasattr(lib, "seccomp_notify_fd"):
+        raise UnsupportedError(errno.ENOSYS, "libseccomp has no seccomp_notify_fd")
+    fd = int(lib.seccomp_notify_fd(flt._filter))
+    if fd < 0:
+        raise UnsupportedError(-fd, f"no seccomp notification fd: {os.strerror(-fd)}")
+    return fd
+
+
+def _export(flt: pyseccomp.SyscallFilter, exporter: str) -> bytes:
+    fd = os.memfd_create(f"compartments-{exporter}", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(fd, "w+b", closefd=False) as handle:
+            getattr(flt, exporter)(handle)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def export_pfc(flt: pyseccomp.SyscallFilter) -> str:
+    return _export(flt, "export_pfc").decode()
+
+
+def export_bpf(flt: pyseccomp.SyscallFilter) -> bytes:
+    return _export(flt, "export_bpf")
+
+
+def libseccomp_version() -> tuple[int, int, int]:
+    class _Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+    lib = pyseccomp._libseccomp
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
+    version = lib.seccomp_version().contents
+    return (version.major, version.minor, version.micro)
+
+
+def errno_action(number: int) -> int:
+    return int(pyseccomp.ERRNO(number))
+
+
+ALLOW = int(pyseccomp.ALLOW)
+NOTIFY = int(pyseccomp.NOTIFY)
+LOG = int(pyseccomp.LOG)
+OPERATORS: Mapping[str, int] = {
+    "==": pyseccomp.EQ,
+    "!=": pyseccomp.NE,
+    "<": pyseccomp.LT,
+    "<=": pyseccomp.LE,
+    ">": pyseccomp.GT,
+    ">=": pyseccomp.GE,
+    "&==": pyseccomp.MASKED_EQ,
+}
+
+
+def unsigned(value: int, bits: int) -> int:
+    """Two's complement view, as the kernel presents arguments to the filter."""
+    return value & ((1 << bits) - 1)
+
+
+def describe_comparisons(comparisons: Sequence[Comparison]) -> str:
+    by_op = {v: k for k, v in OPERATORS.items()}
+    parts = []
+    for c in comparisons:
+        if c.op == pyseccomp.MASKED_EQ:
+            parts.append(f"arg{c.index} & {c.datum_a:#x} == {c.datum_b:#x}")
+        else:
+            parts.append(f"arg{c.index} {by_op[c.op]} {c.datum_a:#x}")
+    return " and ".join(parts)

@@ -1,0 +1,91 @@
+"""Networking: sockets, with exact domain/type checks where extrasafe masked loosely."""
+
+from __future__ import annotations
+
+import socket
+
+from .._rules import Arg, SeccompRule
+from ._builder import BuiltinRuleSet, YesReally
+
+__all__ = ["Networking"]
+
+IO = (
+    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
+    "epoll_pwait2", "select", "pselect6", "poll", "ppoll", "accept", "accept4", "eventfd",
+    "eventfd2", "fcntl", "ioctl", "getsockopt", "setsockopt", "getpeername", "getsockname",
+    "shutdown", "close",
+)  # fmt: skip
+READ = ("listen", "recvfrom", "recvmsg", "recvmmsg", "read", "readv", "preadv", "preadv2")
+WRITE = ("sendto", "sendmsg", "sendmmsg", "sendfile", "write", "writev", "pwritev", "pwritev2")
+RUNNING = IO + READ + WRITE
+
+# CPython ORs these into every socket type it creates.
+_TYPE_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_TYPE_MASK = ~_TYPE_FLAGS & 0xFFFFFFFF
+_INET = (socket.AF_INET, socket.AF_INET6)
+
+
+def _socket_rules(
+    syscall: str, domains: tuple[int, ...], kind: int, protocols: tuple[int, ...]
+) -> list[SeccompRule]:
+    """socket()/socketpair() for exactly these domains, this type, these protocols."""
+    return [
+        SeccompRule(syscall)
+        .and_condition(Arg(0, bits=32) == domain)
+        .and_condition(Arg(1, bits=32) & _TYPE_MASK == kind)
+        .and_condition(Arg(2, bits=32) == protocol)
+        for domain in domains
+        for protocol in protocols
+    ]
+
+
+TCP = _socket_rules("socket", _INET, socket.SOCK_STREAM, (0, socket.IPPROTO_TCP))
+UDP = _socket_rules("socket", _INET, socket.SOCK_DGRAM, (0, socket.IPPROTO_UDP))
+UNIX = [
+    *_socket_rules("socket", (socket.AF_UNIX,), socket.SOCK_STREAM, (0,)),
+    *_socket_rules("socket", (socket.AF_UNIX,), socket.SOCK_DGRAM, (0,)),
+    *_socket_rules("socketpair", (socket.AF_UNIX,), socket.SOCK_STREAM, (0,)),
+]
+
+
+class Networking(BuiltinRuleSet):
+    """Sockets. AF_NETLINK, AF_PACKET, AF_ALG and raw sockets are never granted."""
+
+    name = "Networking"
+
+    def allow_running_tcp_servers(self) -> Networking:
+        """accept/recv/send/close on sockets already bound before sealing."""
+        return self._with(simple=RUNNING)
+
+    def allow_running_tcp_clients(self) -> Networking:
+        return self._with(simple=RUNNING)
+
+    def allow_running_udp_sockets(self) -> Networking:
+        return self._with(simple=RUNNING)
+
+    def allow_running_unix_servers(self) -> Networking:
+        return self._with(simple=RUNNING)
+
+    def allow_running_unix_clients(self) -> Networking:
+        return self._with(simple=RUNNING)
+
+    def allow_start_tcp_clients(self) -> Networking:
+        """Create TCP sockets (IPv4/IPv6) and connect them."""
+        return self._with(simple=("connect",), conditional=TCP)
+
+    def allow_start_tcp_servers(self) -> YesReally[Networking]:
+        """Create, bind and listen on new TCP sockets: risky, so it must be confirmed."""
+        granted = self._with(simple=("bind", "listen", "setsockopt"), conditional=TCP)
+        return YesReally(granted, "Networking.allow_start_tcp_servers()")
+
+    def allow_start_udp_servers(self) -> YesReally[Networking]:
+        granted = self._with(simple=("bind", "setsockopt"), conditional=UDP)
+        return YesReally(granted, "Networking.allow_start_udp_servers()")
+
+    def allow_start_unix_servers(self) -> YesReally[Networking]:
+        granted = self._with(simple=("bind", "listen"), conditional=UNIX)
+        return YesReally(granted, "Networking.allow_start_unix_servers()")
+
+    def allow_connect(self) -> YesReally[Networking]:
+        """connect() on any socket: risky, so it must be confirmed."""
+        return YesReally(self._with(simple=("connect",)), "Networking.allow_connect()")

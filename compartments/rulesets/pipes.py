@@ -1,0 +1,14 @@
+"""Pipes: creating them."""
+
+from __future__ import annotations
+
+from ._builder import BuiltinRuleSet
+
+__all__ = ["Pipes"]
+
+
+class Pipes(BuiltinRuleSet):
+    name = "Pipes"
+
+    def allow_pipe(self) -> Pipes:
+        return self._with(simple=("pipe", "pipe2"))

@@ -1,0 +1,16 @@
+"""Time: reading clocks."""
+
+from __future__ import annotations
+
+from ._builder import BuiltinRuleSet
+
+__all__ = ["Time"]
+
+
+class Time(BuiltinRuleSet):
+    """Clocks. The vDSO answers most reads, but some VMs fall back to the real syscall."""
+
+    name = "Time"
+
+    def allow_gettime(self) -> Time:
+        return self._with(simple=("clock_gettime", "clock_getres", "gettimeofday", "time"))
