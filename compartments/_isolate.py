@@ -1,0 +1,620 @@
+"""Isolate: run one Python callable inside fresh Linux namespaces.
+
+extrasafe's Isolate, done from Python.  ``Isolate(...).run(func, *args)`` forks; the
+calling process itself never unshares anything.  Three processes are involved:
+
+* **outer** (child of the caller): sets PDEATHSIG, closes inherited fds, unshares the
+  user, mount, PID, IPC, UTS (and network) namespaces, maps uid/gid 0 inside to the
+  caller's uid/gid outside (setgroups denied), then forks ``init``.
+* **init** (pid 1 of the new PID namespace): builds the new root on a size-limited
+  tmpfs (bind mounts, optional /proc and device nodes), pivots into it, sets the
+  hostname, forks the worker and reaps everything until the worker ends.  A separate
+  pid 1 keeps the worker free of init's special signal rules (default-action signals
+  from inside the namespace are ignored by pid 1) and reaps orphans.
+* **worker** (pid 2): drops every capability (bounding, ambient, then capset to
+  empty), sets no_new_privs and calls ``func``.
+
+Nothing is re-executed: the worker is a fork of the caller, so every module the
+caller already imported keeps working.  Only *lazy* imports and file reads need
+files inside; by default (``runtime=True``) the interpreter's prefixes, /usr and the
+loader's directories are bound read-only so those work too.
+
+Results travel back through one pipe as tagged frames: the worker's return value
+(msgpack-native values only, never pickle), the wait status, or a setup error.
+The tmpfs root's mount point is a host temporary directory, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import faulthandler
+import io
+import os
+import platform
+import re
+import selectors
+import shutil
+import signal
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+
+import msgpack
+
+from ._landlock import set_no_new_privs
+from .errors import CompartmentsError, UnsupportedError
+
+__all__ = ["Bind", "Isolate", "IsolateResult", "IsolateSetupError", "runtime_binds"]
+
+
+class IsolateSetupError(CompartmentsError, OSError):
+    """Building the isolated environment failed before the callable ran."""
+
+
+# --- kernel constants ---------------------------------------------------------------
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUTS = 0x04000000
+_CLONE_NEWIPC = 0x08000000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWNET = 0x40000000
+
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+_MS_REMOUNT = 32
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
+
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NODEV = 0x4
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+_NR_MOUNT_SETATTR = 442  # unified number
+
+_PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+_NR_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
+
+_SETUP_FAILED = 125  # exit code of a process whose setup failed (as in podman/env)
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+
+# --- public types -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Make host path ``src`` visible at ``dst`` inside (same path by default)."""
+
+    src: str
+    dst: str = ""
+    writable: bool = False
+
+    @property
+    def target(self) -> str:
+        return self.dst or self.src
+
+
+BindSpec = Bind | str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class IsolateResult:
+    """How the callable ended, what it printed, and what it returned."""
+
+    status: int
+    """Raw wait status (os.waitpid) of the worker."""
+    stdout: bytes
+    stderr: bytes
+    value: object = None
+    timed_out: bool = False
+
+    @property
+    def returncode(self) -> int:
+        """Exit code, or -N when killed by signal N (subprocess's convention)."""
+        return os.waitstatus_to_exitcode(self.status)
+
+    @property
+    def signal(self) -> int | None:
+        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0 and not self.timed_out
+
+
+# --- libc ---------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+_libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+
+
+def _check(result: int, what: str) -> None:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _encode(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    result = _libc.mount(_encode(src), _encode(target), _encode(fstype), flags, _encode(data))
+    _check(result, f"mount {src or fstype} on {target}")
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    return int(_libc.prctl(option, arg, 0, 0, 0))
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32))
+
+
+# --- the plan: everything decided on the caller's side ------------------------------
+
+
+def runtime_binds() -> list[str]:
+    """Host paths the interpreter needs for lazy imports and shared libraries."""
+    candidates = ["/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache",
+                  sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix]
+    chosen: list[str] = []
+    for path in candidates:
+        if not os.path.lexists(path) or path in chosen:
+            continue
+        covered = any(path.startswith(parent.rstrip("/") + "/") for parent in chosen
+                      if not os.path.islink(parent))
+        if not covered:
+            chosen.append(path)
+    return chosen
+
+
+def _normalise_binds(binds: Mapping[str, str] | Iterable[BindSpec],
+                     writable_binds: Mapping[str, str] | Iterable[BindSpec]) -> list[Bind]:
+    def to_binds(specs: Mapping[str, str] | Iterable[BindSpec], writable: bool) -> list[Bind]:
+        items: Iterable[BindSpec] = specs.items() if isinstance(specs, Mapping) else specs
+        result = []
+        for spec in items:
+            if isinstance(spec, Bind):
+                result.append(spec)
+            elif isinstance(spec, str):
+                result.append(Bind(spec, spec, writable))
+            else:
+                result.append(Bind(spec[0], spec[1], writable))
+        return result
+
+    chosen = to_binds(binds, False) + to_binds(writable_binds, True)
+    for bind in chosen:
+        target = bind.target
+        if not os.path.isabs(target) or os.path.normpath(target) != target.rstrip("/") or \
+                target == "/":
+            raise ValueError(f"bind target {target!r} must be an absolute, normalised path "
+                             "below /")
+        if not os.path.exists(bind.src):
+            raise FileNotFoundError(errno.ENOENT, "bind source does not exist", bind.src)
+    return chosen
+
+
+def _tmpfs_size_option(size: int | str) -> str:
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"tmpfs_size must be positive, got {size}")
+        return str(size)
+    if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", size):
+        raise ValueError(f"tmpfs_size {size!r} is not like 4096, '512k', '16M' or '1G'")
+    return size
+
+
+@dataclass(frozen=True)
+class _Plan:
+    root: str
+    tmpfs_size: str
+    runtime: tuple[str, ...]
+    binds: tuple[Bind, ...]
+    devices: bool
+    proc: bool
+    hostname: str
+    network: bool
+    pass_fds: tuple[int, ...]
+    capture: bool
+    pivot_root_nr: int
+
+
+# --- the control channel ------------------------------------------------------------
+
+_VALUE, _STATUS, _SETUP_ERROR, _UNSUPPORTED = b"V", b"S", b"E", b"U"
+_HEADER = struct.Struct("<cI")
+
+
+def _send(fd: int, tag: bytes, payload: bytes) -> None:
+    view = memoryview(_HEADER.pack(tag, len(payload)) + payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _send_error(fd: int, exc: BaseException, stage: str) -> None:
+    number = exc.errno if isinstance(exc, OSError) and exc.errno else 0
+    tag = _UNSUPPORTED if stage == "unshare" else _SETUP_ERROR
+    text = f"{stage}: {exc}".encode("utf-8", "backslashreplace")
+    _send(fd, tag, struct.pack("<i", number) + text)
+
+
+def _frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    frames = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        tag, length = _HEADER.unpack_from(data, offset)
+        offset += _HEADER.size
+        frames.append((tag, data[offset:offset + length]))
+        offset += length
+    return frames
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """SIGKILL us when our parent goes; ``parent=None`` where getppid() cannot tell."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        os._exit(_SETUP_FAILED)
+
+
+def _close_fds_except(keep: Iterable[int]) -> None:
+    # Never call closerange(n, n): CPython turns it into close_range(n, UINT_MAX).
+    start = 0
+    for fd in sorted(set(keep)):
+        if fd > start:
+            os.closerange(start, fd)
+        start = max(start, fd + 1)
+    os.closerange(start, max(os.sysconf("SC_OPEN_MAX"), start + 1))
+
+
+def _write_file(path: str, text: str) -> None:
+    with open(path, "w") as file:
+        file.write(text)
+
+
+def _outer(plan: _Plan, caller: int, control: int, stdout: int, stderr: int,
+           call: Callable[[], object]) -> NoReturn:
+    """First child: unshare, map ids, fork init and pass on its fate."""
+    stage = "setup"
+    try:
+        _die_with_parent(caller)
+        if plan.capture:
+            os.dup2(stdout, 1)
+            os.dup2(stderr, 2)
+        _close_fds_except({0, 1, 2, control, *plan.pass_fds})
+        uid, gid = os.getuid(), os.getgid()
+        flags = (_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWIPC
+                 | _CLONE_NEWUTS | (0 if plan.network else _CLONE_NEWNET))
+        stage = "unshare"
+        _check(_libc.unshare(flags), "unshare")
+        stage = "uid/gid map"
+        _write_file("/proc/self/setgroups", "deny")
+        _write_file("/proc/self/uid_map", f"0 {uid} 1")
+        _write_file("/proc/self/gid_map", f"0 {gid} 1")
+        stage = "fork init"
+        init = os.fork()
+        if init == 0:
+            _init(plan, control, call)
+        _, status = os.waitpid(init, 0)
+        if status != 0:  # init died before reporting the worker's status
+            _send(control, _STATUS, struct.pack("<i", status))
+    except BaseException as exc:
+        _send_error(control, exc, stage)
+        os._exit(_SETUP_FAILED)
+    os._exit(0)
+
+
+def _init(plan: _Plan, control: int, call: Callable[[], object]) -> NoReturn:
+    """pid 1 of the new namespace: build the root, start the worker, reap."""
+    stage = "mount"
+    try:
+        _die_with_parent(None)  # the parent lives outside our PID namespace: getppid() == 0
+        _build_root(plan)
+        stage = "pivot_root"
+        _pivot_into(plan.root, plan.pivot_root_nr)
+        stage = "sethostname"
+        socket.sethostname(plan.hostname)
+        stage = "fork worker"
+        worker = os.fork()
+        if worker == 0:
+            _worker(control, call)
+        status = _reap_until(worker)
+        _send(control, _STATUS, struct.pack("<i", status))
+    except BaseException as exc:
+        _send_error(control, exc, stage)
+        os._exit(_SETUP_FAILED)
+    os._exit(0)
+
+
+def _reap_until(worker: int) -> int:
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == worker:
+            return status
+
+
+def _build_root(plan: _Plan) -> None:
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    _mount("tmpfs", plan.root, "tmpfs", _MS_NOSUID | _MS_NODEV,
+           f"size={plan.tmpfs_size},mode=0755")
+    for path in plan.runtime:
+        if os.path.islink(path):
+            _mirror_symlink(plan.root, path)
+        else:
+            _bind(plan.root, Bind(path, path))
+    for bind in plan.binds:
+        _bind(plan.root, bind)
+    if plan.devices:
+        for device in _DEVICES:
+            if os.path.exists(device):
+                _bind(plan.root, Bind(device, device, writable=True))
+    if plan.proc:
+        target = _inside(plan.root, "/proc")
+        os.makedirs(target, exist_ok=True)
+        _mount("proc", target, "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    tmp = _inside(plan.root, "/tmp")
+    os.makedirs(tmp, exist_ok=True)
+    os.chmod(tmp, 0o1777)
+
+
+def _inside(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def _mirror_symlink(root: str, path: str) -> None:
+    link = _inside(root, path)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if not os.path.lexists(link):
+        os.symlink(os.readlink(path), link)
+
+
+def _bind(root: str, bind: Bind) -> None:
+    target = _inside(root, bind.target)
+    if os.path.isdir(bind.src):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.lexists(target):
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    _mount(bind.src, target, None, _MS_BIND | _MS_REC)
+    if not bind.writable:
+        _make_read_only(bind.src, target)
+
+
+def _make_read_only(src: str, target: str) -> None:
+    """Recursive read-only (mount_setattr); plain remount on kernels before 5.12."""
+    attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
+    ctypes.set_errno(0)
+    result = _libc.syscall(ctypes.c_long(_NR_MOUNT_SETATTR), ctypes.c_long(_AT_FDCWD),
+                           ctypes.c_char_p(os.fsencode(target)), ctypes.c_long(_AT_RECURSIVE),
+                           ctypes.c_void_p(ctypes.addressof(attr)),
+                           ctypes.c_long(ctypes.sizeof(attr)))
+    if result == 0:
+        return
+    if ctypes.get_errno() != errno.ENOSYS:
+        _check(-1, f"mount_setattr read-only on {target}")
+    # Flags the source mount has are locked in a user namespace: keep them.
+    locked = os.statvfs(src).f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+                                       | os.ST_NOATIME | os.ST_NODIRATIME | os.ST_RELATIME)
+    _mount(None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | locked)
+
+
+def _pivot_into(root: str, pivot_root_nr: int) -> None:
+    os.chdir(root)
+    ctypes.set_errno(0)
+    result = _libc.syscall(ctypes.c_long(pivot_root_nr), ctypes.c_char_p(b"."),
+                           ctypes.c_char_p(b"."))
+    _check(result, "pivot_root")
+    _check(_libc.umount2(b".", _MNT_DETACH), "detach old root")
+    os.chdir("/")
+
+
+def _drop_capabilities() -> None:
+    """Empty the bounding and ambient sets (best effort), then capset to nothing."""
+    for cap in range(64):
+        if _prctl(_PR_CAPBSET_DROP, cap) < 0 and ctypes.get_errno() == errno.EINVAL:
+            break
+    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.addressof(header), ctypes.addressof(data)), "capset")
+
+
+def _worker(control: int, call: Callable[[], object]) -> NoReturn:
+    """pid 2: shed privileges, run the callable, send its value."""
+    try:
+        _drop_capabilities()
+        set_no_new_privs()
+    except BaseException as exc:
+        _send_error(control, exc, "drop privileges")
+        os._exit(_SETUP_FAILED)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
+                                  errors="backslashreplace")
+    if faulthandler.is_enabled():  # it may point at an fd we closed
+        faulthandler.enable(sys.stderr)
+    code = 0
+    try:
+        payload = msgpack.packb(call(), use_bin_type=True)
+        _send(control, _VALUE, payload)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            stream.flush()
+    os._exit(code)
+
+
+# --- the caller's side --------------------------------------------------------------
+
+
+def _drain(fds: dict[int, bytearray], pid: int, deadline: float | None) -> bool:
+    """Read every fd to EOF; kill ``pid`` at the deadline.  True when it timed out."""
+    timed_out = False
+    with selectors.DefaultSelector() as selector:
+        for fd in fds:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            wait = None if deadline is None or timed_out else max(deadline - time.monotonic(), 0)
+            events = selector.select(wait)
+            if not events and not timed_out:
+                os.kill(pid, signal.SIGKILL)  # init and the worker follow via PDEATHSIG
+                timed_out = True
+            for key, _ in events:
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    fds[key.fd] += chunk
+                else:
+                    selector.unregister(key.fd)
+    return timed_out
+
+
+class Isolate:
+    """Run a callable in new user, mount, PID, IPC, UTS (and network) namespaces.
+
+    ``binds`` are read-only; ``writable_binds`` are read-write.  Both take a mapping
+    ``{host_path: inside_path}``, or an iterable of paths (same place inside), of
+    ``(host, inside)`` pairs or of :class:`Bind`.  ``runtime=True`` also binds the
+    interpreter and system libraries read-only (see :func:`runtime_binds`);
+    ``devices=True`` binds /dev/null, zero, full, random and urandom.
+    """
+
+    def __init__(
+        self,
+        *,
+        tmpfs_size: int | str = "16M",
+        binds: Mapping[str, str] | Iterable[BindSpec] = (),
+        writable_binds: Mapping[str, str] | Iterable[BindSpec] = (),
+        network: bool = False,
+        proc: bool = False,
+        hostname: str = "compartment",
+        runtime: bool = True,
+        devices: bool = True,
+        pass_fds: Iterable[int] = (),
+        capture_output: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self.tmpfs_size = _tmpfs_size_option(tmpfs_size)
+        self.binds = tuple(_normalise_binds(binds, writable_binds))
+        self.network = network
+        self.proc = proc
+        self.hostname = hostname
+        self.runtime = tuple(runtime_binds()) if runtime else ()
+        self.devices = devices
+        self.pass_fds = tuple(pass_fds)
+        self.capture_output = capture_output
+        self.timeout = timeout
+
+    def run(self, func: Callable[..., object], /, *args: object,
+            **kwargs: object) -> IsolateResult:
+        """Call ``func(*args, **kwargs)`` isolated; its value must be msgpack-native."""
+        pivot_root_nr = _NR_PIVOT_ROOT.get(platform.machine())
+        if pivot_root_nr is None:
+            raise UnsupportedError(f"Isolate does not know pivot_root on {platform.machine()}")
+        root = tempfile.mkdtemp(prefix="compartments-isolate-")
+        pipes: list[int] = []
+        pid = 0
+        try:
+            control_r, control_w = os.pipe()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            pipes += [control_r, control_w, out_r, out_w, err_r, err_w]
+            plan = _Plan(root, self.tmpfs_size, self.runtime, self.binds, self.devices,
+                         self.proc, self.hostname, self.network, self.pass_fds,
+                         self.capture_output, pivot_root_nr)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            caller = os.getpid()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                _outer(plan, caller, control_w, out_w, err_w, lambda: func(*args, **kwargs))
+            for fd in (control_w, out_w, err_w):
+                os.close(fd)
+                pipes.remove(fd)
+            buffers = {control_r: bytearray(), out_r: bytearray(), err_r: bytearray()}
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            timed_out = _drain(buffers, pid, deadline)
+            _, outer_status = os.waitpid(pid, 0)
+            pid = 0
+        finally:
+            if pid:  # interrupted (e.g. KeyboardInterrupt): take the isolate down with us
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            for fd in pipes:
+                os.close(fd)
+            _remove_mount_point(root)
+        return _result(bytes(buffers[control_r]), outer_status, bytes(buffers[out_r]),
+                       bytes(buffers[err_r]), timed_out)
+
+
+def _result(control: bytes, outer_status: int, stdout: bytes, stderr: bytes,
+            timed_out: bool) -> IsolateResult:
+    status, value = None, None
+    for tag, payload in _frames(control):
+        if tag in (_SETUP_ERROR, _UNSUPPORTED):
+            (number,) = struct.unpack_from("<i", payload)
+            text = payload[4:].decode("utf-8", "replace")
+            kind = UnsupportedError if tag == _UNSUPPORTED else IsolateSetupError
+            detail = stderr.decode("utf-8", "replace").strip()
+            raise kind(number or errno.EINVAL, text + (f"\n{detail}" if detail else ""))
+        if tag == _VALUE:
+            value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        elif tag == _STATUS and status is None:
+            (status,) = struct.unpack("<i", payload)
+    return IsolateResult(outer_status if status is None else status, stdout, stderr,
+                         value, timed_out)
+
+
+def _remove_mount_point(root: str) -> None:
+    """The tmpfs lived in the dead namespace: only an empty directory is left."""
+    try:
+        os.rmdir(root)
+    except OSError:
+        if os.path.isdir(root) and not stat.S_ISLNK(os.lstat(root).st_mode):
+            shutil.rmtree(root, ignore_errors=True)
