@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import errno as errno_module
-from collections.abc import Iterable
+import os
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _seccomp
+from ._landlock import LandlockPolicy, PathRule, PortRule, Scope
 from ._rules import RuleSet, SeccompRule, as_ruleset
 from ._seccomp import CompiledRule
-from .errors import NoRulesEnabledError, RuleConflictError
+from .errors import LandlockError, NoRulesEnabledError, RuleConflictError
 
 __all__ = ["SafetyContext"]
 
@@ -66,6 +69,17 @@ class SafetyContext:
 
     Every syscall no enabled RuleSet allows fails with EPERM (see :meth:`with_errno`).
     A foreign architecture, x32 numbers included, kills the process.
+
+    Landlock: RuleSets may also grant paths (``SystemIO.allow_read_path()`` ...) and TCP
+    ports (``Networking.allow_tcp_connect_port()`` ...). Applying then restricts the
+    thread with Landlock first, before the seccomp filter (which denies the landlock
+    syscalls) is loaded. Once any path is granted, every file access not granted beneath
+    a listed path fails with EACCES; once any port is granted, TCP bind and connect to
+    any other port do. One path may be granted by one enabled RuleSet only.
+    :meth:`with_landlock` chooses what happens on kernels too old for a right
+    (``best_effort``) and cuts IPC leaving the sandbox (``scoped``). Landlock binds only
+    the calling thread, so :meth:`apply_to_all_threads` refuses Landlock rules while
+    other threads run: apply before starting threads.
     """
 
     def __init__(self) -> None:
@@ -74,6 +88,8 @@ class SafetyContext:
         self._grants = _Grants()
         self._enabled: list[str] = []
         self._errno = errno_module.EPERM
+        self._landlock_best_effort = False
+        self._landlock_scope = Scope.NONE
         for base in (BasicCapabilities(), CPythonRuntime()):
             self._merge(base, yielding=False)
 
@@ -98,26 +114,55 @@ class SafetyContext:
         self._errno = number
         return self
 
+    def with_landlock(
+        self, *, best_effort: bool = False, scoped: bool | Scope = False
+    ) -> SafetyContext:
+        """Choose how the Landlock part of the policy is applied (replaces earlier choices).
+
+        ``best_effort=True``: rights the running kernel lacks (truncate before ABI 3, TCP
+        ports before ABI 4, scoping before ABI 6, everything without Landlock) are
+        dropped with a warning instead of raising UnsupportedError.
+        ``scoped=True`` (or a :class:`Scope`): deny connecting to abstract unix sockets
+        and signalling processes outside this sandbox (ABI 6), even with no path rules.
+        """
+        if not isinstance(best_effort, bool):
+            raise TypeError(f"with_landlock(best_effort=) takes a bool, got {best_effort!r}")
+        if not isinstance(scoped, (bool, Scope)):
+            raise TypeError(f"with_landlock(scoped=) takes a bool or a Scope, got {scoped!r}")
+        self._landlock_best_effort = best_effort
+        self._landlock_scope = Scope.ALL if scoped is True else Scope(int(scoped))
+        return self
+
     def _merge(self, ruleset: RuleSet, *, yielding: bool) -> None:
         name = str(ruleset.name)
         staged = self._grants.copy()
-        for syscall in ruleset.simple_rules():
-            _seccomp_name(syscall, name)
-            staged.add_simple(syscall, name)
-        for syscall, rules in ruleset.conditional_rules().items():
-            _seccomp_name(syscall, name)
-            if yielding and syscall in staged.simple:
-                continue
-            for rule in rules:
-                if not isinstance(rule, SeccompRule) or rule.syscall != syscall:
-                    raise TypeError(
-                        f"RuleSet `{name}`: conditional_rules()[{syscall!r}] must hold "
-                        f"SeccompRule({syscall!r}, ...) objects, got {rule!r}"
-                    )
-                staged.add_conditional(rule, name)
-        landlock_rules = getattr(ruleset, "landlock_rules", None)
-        if callable(landlock_rules):
-            staged.landlock.extend(landlock_rules())
+        new_landlock = _landlock_rules_of(ruleset, name)
+        try:
+            for syscall in ruleset.simple_rules():
+                _seccomp_name(syscall, name)
+                staged.add_simple(syscall, name)
+            for syscall, rules in ruleset.conditional_rules().items():
+                _seccomp_name(syscall, name)
+                if yielding and syscall in staged.simple:
+                    continue
+                for rule in rules:
+                    if not isinstance(rule, SeccompRule) or rule.syscall != syscall:
+                        raise TypeError(
+                            f"RuleSet `{name}`: conditional_rules()[{syscall!r}] must hold "
+                            f"SeccompRule({syscall!r}, ...) objects, got {rule!r}"
+                        )
+                    staged.add_conditional(rule, name)
+        except RuleConflictError as exc:
+            granting_paths = {
+                r.ruleset for r in (*staged.landlock, *new_landlock) if isinstance(r, PathRule)
+            }
+            simple_grant = staged.simple.get(exc.syscall) == exc.simple_from or (
+                exc.simple_from == name and exc.syscall in ruleset.simple_rules()
+            )
+            if simple_grant and exc.simple_from in granting_paths:
+                raise _path_grant_conflict(exc) from None
+            raise
+        _stage_landlock(staged.landlock, new_landlock, name)
         self._grants = staged
 
     # -- inspecting -------------------------------------------------------------------
@@ -172,18 +217,18 @@ class SafetyContext:
 
     def _apply(self, *, tsync: bool) -> None:
         flt = self._build(tsync=tsync)
-        self._apply_landlock()
+        self._apply_landlock(all_threads=tsync)
         _seccomp.load(flt)
 
-    def _apply_landlock(self) -> None:
-        if not self._grants.landlock:
+    def _apply_landlock(self, *, all_threads: bool) -> None:
+        """Landlock goes first: the seccomp filter loaded next denies its syscalls."""
+        policy = LandlockPolicy(scoped=self._landlock_scope)
+        policy.extend(self._grants.landlock)
+        if not policy:
             return
-        from ._landlock import LandlockPolicy
-
-        policy = LandlockPolicy()
-        for rule in self._grants.landlock:
-            policy.add(rule)
-        policy.apply(best_effort=any(getattr(r, "best_effort", False) for r in policy.rules))
+        if all_threads:
+            _refuse_other_threads()
+        policy.apply(best_effort=self._landlock_best_effort)
 
     def _build(self, *, tsync: bool, default_action: int | None = None) -> Any:
         if not self._enabled:
@@ -203,6 +248,71 @@ class SafetyContext:
                     _seccomp.ALLOW if rule.errno is None else _seccomp.errno_action(rule.errno)
                 )
                 yield CompiledRule(syscall, action, tuple(c.comparison for c in rule.conditions))
+
+
+def _landlock_rules_of(ruleset: RuleSet, name: str) -> list[PathRule | PortRule]:
+    """The RuleSet's Landlock rules (none for a plain seccomp RuleSet), type-checked."""
+    landlock_rules = getattr(ruleset, "landlock_rules", None)
+    found: Sequence[object] = landlock_rules() if callable(landlock_rules) else ()
+    rules: list[PathRule | PortRule] = []
+    for rule in found:
+        if not isinstance(rule, (PathRule, PortRule)):
+            raise TypeError(
+                f"RuleSet `{name}`: landlock_rules() must hold PathRule or PortRule "
+                f"objects, got {rule!r}"
+            )
+        rules.append(rule)
+    return rules
+
+
+def _stage_landlock(staged: list[Any], new: list[PathRule | PortRule], ruleset: str) -> None:
+    """Refuse a path an earlier enabled RuleSet grants; check the rest as apply would."""
+    owners = {os.path.realpath(r.path): r for r in staged if isinstance(r, PathRule)}
+    for rule in new:
+        if not isinstance(rule, PathRule):
+            continue
+        previous = owners.get(os.path.realpath(rule.path))
+        if previous is not None:
+            raise LandlockError(_duplicate_path_message(previous, rule, ruleset))
+    LandlockPolicy().extend([*staged, *new])  # bad access bits or ports: ValueError now
+    staged.extend(new)
+
+
+def _duplicate_path_message(previous: PathRule, rule: PathRule, ruleset: str) -> str:
+    alias = "" if previous.path == rule.path else f" (as {previous.path!r})"
+    if previous.ruleset == ruleset:
+        who = f"two enabled `{ruleset}` RuleSets"
+        fix = f"chain both grants on one {ruleset}"
+    else:
+        who = f"two RuleSets, `{previous.ruleset}` and `{ruleset}`"
+        fix = "grant it from one RuleSet only"
+    return f"path {rule.path!r}{alias} is granted by {who}: {fix}"
+
+
+def _path_grant_conflict(exc: RuleConflictError) -> RuleConflictError:
+    """The conflict message, plus why path grants need the syscall unconditionally."""
+    hint = (
+        f" `{exc.simple_from}` grants Landlock paths, which allow `{exc.syscall}` for "
+        f"any argument and leave the path check to Landlock: drop the argument-checked "
+        f"`{exc.syscall}` grant from `{exc.conditional_from}` (allow_open_readonly() "
+        f"for open/openat, allow_stdout()/allow_stderr() for write); to read only, "
+        f"allow_read_path() alone grants no write."
+    )
+    return RuleConflictError(exc.syscall, exc.conditional_from, exc.simple_from, str(exc) + hint)
+
+
+def _refuse_other_threads() -> None:
+    """Landlock binds only the calling thread: refuse to leave others outside it."""
+    try:
+        count = len(os.listdir("/proc/self/task"))  # native threads too
+    except OSError:
+        count = threading.active_count()
+    if count > 1:
+        raise LandlockError(
+            f"apply_to_all_threads(): Landlock restricts only the calling thread, but "
+            f"{count} threads are running and {count - 1} would escape the path/port "
+            f"rules. Apply before starting threads, or use apply_to_current_thread()."
+        )
 
 
 def _seccomp_name(syscall: object, ruleset: str) -> None:

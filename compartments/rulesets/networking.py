@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from .._landlock import TCP_BIND, TCP_CONNECT, PortRule
 from .._rules import Arg, SeccompRule
 from ._builder import BuiltinRuleSet, YesReally
 
@@ -48,6 +49,15 @@ UNIX = [
 ]
 
 
+def _port_rule(port: int, access: int, method: str) -> PortRule:
+    """A Landlock grant on one TCP port, the port checked now so the error names it."""
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"Networking.{method}: port must be an int, got {port!r}")
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"Networking.{method}: port must be 0 to 65535, got {port}")
+    return PortRule(port, access, Networking.name)
+
+
 class Networking(BuiltinRuleSet):
     """Sockets. AF_NETLINK, AF_PACKET, AF_ALG and raw sockets are never granted."""
 
@@ -89,3 +99,23 @@ class Networking(BuiltinRuleSet):
     def allow_connect(self) -> YesReally[Networking]:
         """connect() on any socket: risky, so it must be confirmed."""
         return YesReally(self._with(simple=("connect",)), "Networking.allow_connect()")
+
+    # -- Landlock-backed port grants (ABI 4) ------------------------------------------
+    #
+    # Once any port is granted, Landlock polices both TCP bind and TCP connect: every
+    # port not granted for that operation is denied (EACCES), whichever RuleSet asked.
+    # UDP and unix sockets are not affected.
+
+    def allow_tcp_connect_port(self, port: int) -> Networking:
+        """Create TCP sockets and connect them to ``port`` only (any host)."""
+        rule = _port_rule(port, TCP_CONNECT, "allow_tcp_connect_port")
+        return self._with(simple=("connect",), conditional=TCP, landlock=[rule])
+
+    def allow_tcp_bind_port(self, port: int) -> Networking:
+        """Create TCP sockets, bind them to ``port`` only and listen.
+
+        No yes_really() as for allow_start_tcp_servers(): Landlock bounds the bind to
+        this port. Port 0 grants binding to a kernel-chosen ephemeral port.
+        """
+        rule = _port_rule(port, TCP_BIND, "allow_tcp_bind_port")
+        return self._with(simple=("bind", "listen", "setsockopt"), conditional=TCP, landlock=[rule])

@@ -6,6 +6,8 @@ import errno
 import os
 from typing import Any
 
+from .. import _landlock
+from .._landlock import PathRule
 from .._rules import Arg, SeccompRule
 from ._builder import BuiltinRuleSet, YesReally, fd_number
 
@@ -18,6 +20,26 @@ META = ("stat", "fstat", "newfstatat", "lstat", "statx", "getdents", "getdents64
 CLOSE = ("close", "close_range")
 UNLINK = ("unlink", "unlinkat")
 IOCTL = ("ioctl", "fcntl")
+
+# What the Landlock-backed methods grant seccomp-wise. openat (and openat2, whose
+# RESOLVE_* flags only narrow) run for every path: Landlock, not the filter, checks it.
+# stat by path is granted too (CPython's open() fstats, pathlib stats); Landlock does
+# not police metadata reads, so a sealed process can learn which paths exist.
+PATH_OPEN = ("open", "openat", "openat2", *META, *CLOSE)
+PATH_READ = (*PATH_OPEN, *READ)
+PATH_WRITE = (*PATH_OPEN, *WRITE, "ftruncate", "truncate")
+PATH_CREATE = (*PATH_WRITE, "creat")
+MKDIR = ("mkdir", "mkdirat")
+RMDIR = ("rmdir", "unlinkat")
+
+# Beyond extrasafe's list: Debian's hashed certs link into /usr/share/ca-certificates,
+# and Fedora keeps its bundle under /etc/pki. Landlock checks the symlink's target.
+SSL_PATHS = (
+    *_landlock.SSL_FILES,
+    "/usr/share/ca-certificates",
+    "/etc/pki/tls",
+    "/etc/pki/ca-trust",
+)
 
 # The kernel's O_TMPFILE is __O_TMPFILE | O_DIRECTORY; masking O_DIRECTORY would refuse
 # plain directory opens (os.listdir), so only the __O_TMPFILE bit is checked.
@@ -114,3 +136,93 @@ class SystemIO(BuiltinRuleSet):
         """Write, seek and sync on this one fd."""
         fd = fd_number(file, "SystemIO.allow_file_write")
         return self._with(conditional=_on_fd(_FD_WRITE, fd))
+
+    # -- Landlock-backed path grants ------------------------------------------------
+    #
+    # Each one adds a Landlock rule *and* the syscalls it needs. openat becomes
+    # unconditional, so these cannot be combined with allow_open_readonly() (or any
+    # other argument check on the same syscall): enabling both raises RuleConflictError.
+    # Once any path is granted, everything not granted beneath a listed path is denied
+    # (EACCES) on kernels with Landlock; see SafetyContext.with_landlock().
+
+    def _path(
+        self, path: str | os.PathLike[str], access: int, missing_ok: bool, method: str
+    ) -> PathRule:
+        """A Landlock grant for ``path``, made absolute now so later chdirs change nothing."""
+        text = os.fspath(path)
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"{self.name}.{method}: expected a non-empty str path, got {path!r}")
+        return PathRule(os.path.abspath(text), access, self.name, missing_ok)
+
+    def allow_read_path(
+        self, path: str | os.PathLike[str], *, missing_ok: bool = False
+    ) -> SystemIO:
+        """Read files and list directories beneath ``path`` (or read that one file)."""
+        rule = self._path(path, _landlock.READ_PATH, missing_ok, "allow_read_path")
+        return self._with(simple=PATH_READ, landlock=[rule])
+
+    def allow_write_file(
+        self, path: str | os.PathLike[str], *, missing_ok: bool = False
+    ) -> SystemIO:
+        """Write and truncate existing files beneath ``path`` (no create, no read).
+
+        Truncation is a separate Landlock right from ABI 3; older kernels need
+        ``best_effort`` and then leave truncate(2) unpoliced.
+        """
+        rule = self._path(path, _landlock.WRITE_FILE, missing_ok, "allow_write_file")
+        return self._with(simple=PATH_WRITE, landlock=[rule])
+
+    def allow_create_in_dir(
+        self, path: str | os.PathLike[str], *, missing_ok: bool = False
+    ) -> SystemIO:
+        """Create regular files beneath ``path`` and write them.
+
+        Creating a file you cannot fill is rarely useful, so this also grants the write
+        right (Landlock) and the write syscalls: as Landlock rights hold for the whole
+        tree, existing files beneath ``path`` become writable too.
+        """
+        access = _landlock.CREATE_IN_DIR | _landlock.WRITE_FILE
+        rule = self._path(path, access, missing_ok, "allow_create_in_dir")
+        return self._with(simple=PATH_CREATE, landlock=[rule])
+
+    def allow_list_dir(self, path: str | os.PathLike[str], *, missing_ok: bool = False) -> SystemIO:
+        """List directories beneath ``path``; their files stay unreadable."""
+        rule = self._path(path, _landlock.LIST_DIR, missing_ok, "allow_list_dir")
+        return self._with(simple=PATH_OPEN, landlock=[rule])
+
+    def allow_create_dir(
+        self, path: str | os.PathLike[str], *, missing_ok: bool = False
+    ) -> SystemIO:
+        """mkdir beneath ``path``."""
+        rule = self._path(path, _landlock.CREATE_DIR, missing_ok, "allow_create_dir")
+        return self._with(simple=MKDIR, landlock=[rule])
+
+    def allow_remove_file(
+        self, path: str | os.PathLike[str], *, missing_ok: bool = False
+    ) -> SystemIO:
+        """unlink files beneath ``path``."""
+        rule = self._path(path, _landlock.REMOVE_FILE, missing_ok, "allow_remove_file")
+        return self._with(simple=UNLINK, landlock=[rule])
+
+    def allow_remove_dir(
+        self, path: str | os.PathLike[str], *, missing_ok: bool = False
+    ) -> SystemIO:
+        """rmdir (empty) directories beneath ``path``, not ``path`` itself."""
+        rule = self._path(path, _landlock.REMOVE_DIR, missing_ok, "allow_remove_dir")
+        return self._with(simple=RMDIR, landlock=[rule])
+
+    def allow_ssl_files(self) -> SystemIO:
+        """Read the CA certificates and localtime a TLS client loads; absent ones skipped."""
+        rules = [self._path(p, _landlock.READ_PATH, True, "allow_ssl_files") for p in SSL_PATHS]
+        return self._with(simple=PATH_READ, landlock=rules)
+
+    def allow_dns_files(self) -> SystemIO:
+        """Read the resolver's files (resolv.conf, hosts, ...); absent ones skipped.
+
+        glibc >= 2.34 has the files and dns NSS modules built in; other modules
+        (mdns, resolve, ...) are shared objects to load before sealing.
+        """
+        rules = [
+            self._path(p, _landlock.READ_FILE, True, "allow_dns_files") for p in _landlock.DNS_FILES
+        ]
+        return self._with(simple=PATH_READ, landlock=rules)
