@@ -8,6 +8,20 @@ from __future__ import annotations
 
 from . import errors
 from ._context import SafetyContext
+from ._proxy import CompartmentClass, CompartmentFunction, Proxy, RestartPolicy, compartment
 from ._rules import Arg, RuleSet, SeccompRule
+from ._wire import Fd
 
-__all__ = ["Arg", "RuleSet", "SafetyContext", "SeccompRule", "errors"]
+__all__ = [
+    "Arg",
+    "CompartmentClass",
+    "CompartmentFunction",
+    "Fd",
+    "Proxy",
+    "RestartPolicy",
+    "RuleSet",
+    "SafetyContext",
+    "SeccompRule",
+    "compartment",
+    "errors",
+]

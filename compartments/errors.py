@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "CallTimeout",
+    "CompartmentClosed",
     "CompartmentCrashed",
     "CompartmentsError",
     "LandlockError",
@@ -117,6 +118,10 @@ class CompartmentCrashed(CompartmentsError, ChildProcessError):
         self.compartment = compartment
         self.reason = reason
         super().__init__(f"compartment `{compartment}` crashed: {reason}")
+
+
+class CompartmentClosed(CompartmentsError, RuntimeError):
+    """A call was made on a compartment after it was closed."""
 
 
 class CallTimeout(CompartmentsError, TimeoutError):

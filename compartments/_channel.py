@@ -1,0 +1,171 @@
+"""One end of the unix-domain socketpair between a parent and a compartment.
+
+Kept deliberately small: the per-call cost is one ``send``/``sendall`` and one
+``recvmsg_into`` into a preallocated buffer. The socket stays blocking without a
+timeout so CPython never adds a ``poll`` before the syscall, which keeps the
+syscalls on the channel fd to exactly :data:`CHANNEL_SYSCALLS`.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Sequence
+
+from ._wire import DEFAULT_MAX_MESSAGE, MAX_FDS_PER_FRAME, FrameDecoder
+from .errors import ProtocolError
+
+__all__ = ["CHANNEL_SYSCALLS", "CHANNEL_TEARDOWN_SYSCALLS", "Channel", "socketpair"]
+
+#: Syscalls the channel makes on its fd while running: ``send``/``sendall`` is
+#: ``sendto`` in glibc, ``sendmsg`` only when a frame carries fds, and every receive is
+#: ``recvmsg`` (always, so fds sent by the peer are never silently dropped).
+#: ``recvfrom`` is listed for callers that ``recv`` on the fd directly.
+CHANNEL_SYSCALLS: frozenset[str] = frozenset({"sendto", "sendmsg", "recvmsg", "recvfrom"})
+#: Syscalls :meth:`Channel.close` makes (on the channel fd, and on received fds).
+CHANNEL_TEARDOWN_SYSCALLS: frozenset[str] = frozenset({"shutdown", "close"})
+
+# Enough for what a unix socket delivers per call (its send buffer is ~200 KiB).
+RECEIVE_BUFFER_SIZE = 256 * 1024
+_FD_ITEM = array.array("i").itemsize
+_ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * _FD_ITEM)
+_MSG_CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
+
+
+class Channel:
+    """Frames out (whole, thread-safe) and bytes plus fds in, over one stream socket.
+
+    Sending is safe from many threads; receiving is meant for one reader thread.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        name: str = "channel",
+    ) -> None:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise ValueError("Channel needs an AF_UNIX SOCK_STREAM socket")
+        # Blocking without timeout: CPython then skips the poll() it does for timeouts.
+        sock.settimeout(None)
+        self.name = name
+        self.max_message = max_message
+        self._sock = sock
+        self._send_lock = threading.Lock()
+        self._buffer = bytearray(RECEIVE_BUFFER_SIZE)
+        self._buffers = [memoryview(self._buffer)]
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def new_decoder(self) -> FrameDecoder:
+        """A decoder bounded by this channel's ``max_message`` and named after it."""
+        return FrameDecoder(max_message=self.max_message, name=self.name)
+
+    def send(self, data: bytes | bytearray | memoryview, fds: Sequence[int] = ()) -> None:
+        """Write one whole frame; ``fds`` ride along with its first bytes.
+
+        Send exactly one frame per call when ``fds`` are given: the receiver
+        attributes them to the frame that starts in the chunk they arrive with.
+        """
+        if not fds:
+            with self._send_lock:
+                self._sock.sendall(data)
+            return
+        if len(fds) > MAX_FDS_PER_FRAME:
+            raise ValueError(f"at most {MAX_FDS_PER_FRAME} fds per frame, got {len(fds)}")
+        view = memoryview(data).cast("B")
+        if not view:
+            raise ValueError("fds need at least one byte of frame to travel with")
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        with self._send_lock:
+            sent = self._sock.sendmsg([view], ancillary)
+            if sent < len(view):
+                self._sock.sendall(view[sent:])
+
+    def receive_into(self, decoder: FrameDecoder) -> bool:
+        """One ``recvmsg``: feed what arrived (bytes and fds) to ``decoder``.
+
+        Returns False at end of stream. Raises ProtocolError if the peer sent more
+        fds than fit (the kernel truncated them), after closing those that arrived.
+        """
+        nbytes, ancdata, flags, _ = self._sock.recvmsg_into(
+            self._buffers, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC
+        )
+        fds = _received_fds(ancdata) if ancdata else []
+        if flags & socket.MSG_CTRUNC:
+            _close_quietly(fds)
+            raise ProtocolError(
+                f"`{self.name}` sent more than {MAX_FDS_PER_FRAME} fds in one frame"
+            )
+        if nbytes == 0:
+            _close_quietly(fds)
+            return False
+        decoder.feed(self._buffers[0][:nbytes], fds)
+        return True
+
+    def shutdown(self) -> None:
+        """End the connection for both sides, waking a reader blocked in :meth:`receive_into`.
+
+        Unlike :meth:`close` this acts on the shared socket, so never call it on a
+        copy inherited across ``fork()`` that merely needs dropping.
+        """
+        with contextlib.suppress(OSError):  # already closed, or the peer is gone
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Close this process's fd; idempotent.
+
+        Does not shut the connection down, so a forked child can drop its copy of the
+        parent's end. To wake a reader blocked in another thread, :meth:`shutdown` first.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._sock.fileno()}"
+        return f"<Channel {self.name!r} {state}>"
+
+
+def socketpair(
+    *, max_message: int = DEFAULT_MAX_MESSAGE, names: tuple[str, str] = ("parent", "child")
+) -> tuple[Channel, Channel]:
+    """Two connected channels (AF_UNIX, SOCK_STREAM, close-on-exec)."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    return (
+        Channel(left, max_message=max_message, name=names[0]),
+        Channel(right, max_message=max_message, name=names[1]),
+    )
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(data[: len(data) - len(data) % _FD_ITEM])
+            fds.extend(received)
+    return fds
+
+
+def _close_quietly(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

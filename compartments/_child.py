@@ -1,0 +1,261 @@
+"""A compartment's life, in the forked child: harden → set up → seal → serve → exit."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+from . import _traceback, _wire
+from ._channel import Channel
+from ._connection import Connection
+from ._context import SafetyContext
+from ._server import Server
+from ._wire import Fd, PeerRef
+from .rulesets.runtime import CHANNEL_FD_BASE, CHANNEL_FD_LIMIT, ChannelRuntime
+
+__all__ = ["PeerProxy", "close_spec_fds", "run"]
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def close_spec_fds(spec: dict[str, Any]) -> None:
+    """Drop the zygote's copies of the fds a spawned child now owns."""
+    for value in _fd_carriers(spec):
+        (value.fd if isinstance(value, PeerRef) else value).close()
+
+
+def _fd_carriers(spec: dict[str, Any]) -> Iterable[Fd | PeerRef]:
+    values = [spec.get("channel"), *spec.get("args", ()), *spec.get("kwargs", {}).values()]
+    return [v for v in values if isinstance(v, (Fd, PeerRef))]
+
+
+class _ChannelSlots:
+    """Hands out fd numbers in the reserved channel block."""
+
+    def __init__(self) -> None:
+        self._next = CHANNEL_FD_BASE
+
+    def place(self, fd: int) -> int:
+        if self._next >= CHANNEL_FD_LIMIT:
+            raise OSError(
+                f"no free channel slot: a compartment holds at most "
+                f"{CHANNEL_FD_LIMIT - CHANNEL_FD_BASE} channels"
+            )
+        slot = self._next
+        self._next += 1
+        os.dup2(fd, slot, inheritable=False)  # dup3, the one call allowed into the block
+        os.close(fd)
+        return slot
+
+
+_slots = _ChannelSlots()
+
+
+def channel_from_fd(fd: Fd, name: str) -> Channel:
+    slot = _slots.place(fd.detach())
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=slot)
+    return Channel(sock, name=name)
+
+
+class PeerProxy:
+    """Inside a compartment: a direct line to another compartment, no parent involved."""
+
+    def __init__(self, peer: PeerRef, max_message: int = _wire.DEFAULT_MAX_MESSAGE) -> None:
+        self._name = peer.name
+        self._connection = Connection(
+            channel_from_fd(peer.fd, peer.name), name=peer.name, max_message=max_message
+        )
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._connection.call(method, [list(args), kwargs])
+
+        call.__name__ = method
+        return call
+
+    def __repr__(self) -> str:
+        return f"<peer compartment {self._name!r}>"
+
+
+def _with_peers(value: Any, max_message: int) -> Any:
+    return PeerProxy(value, max_message) if isinstance(value, PeerRef) else value
+
+
+def _harden(zygote_pid: int) -> None:
+    """Die with the zygote, refuse ptrace/core dumps, never regain privileges."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != zygote_pid:
+        os._exit(1)
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    from ._seccomp import set_no_new_privs
+
+    set_no_new_privs()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < CHANNEL_FD_LIMIT:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):  # the listing's own fd, already gone
+                os.close(fd)
+
+
+def _resolve(spec: dict[str, Any]) -> Any:
+    from ._zygote import import_target_module
+
+    target: Any = import_target_module(str(spec["module"]))
+    for part in str(spec["qualname"]).split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _warm_sources(target: Any) -> None:
+    import compartments
+
+    modules = [sys.modules.get(getattr(target, "__module__", ""), None), compartments]
+    modules += [m for name, m in sys.modules.items() if name.startswith("compartments.")]
+    _traceback.warm_linecache([m for m in modules if m is not None])
+
+
+def _seal(rules: Iterable[Any]) -> None:
+    ctx = SafetyContext()
+    enabled = False
+    for ruleset in rules:
+        ctx.enable(ruleset)
+        enabled = True
+    if not enabled:
+        from .rulesets import SystemIO
+
+        ctx.enable(SystemIO.nothing())
+    ctx.enable_yielding(ChannelRuntime())
+    ctx.apply_to_all_threads()
+
+
+class _Compartment:
+    """What the child serves: the function or the instance, plus the control methods."""
+
+    def __init__(self, spec: dict[str, Any], server_channel: Channel) -> None:
+        self.name = str(spec["name"])
+        self.max_message = int(spec["max_message"])
+        self.primary = server_channel
+        self.server: Server | None = None
+        wrapper = _resolve(spec)
+        self.definition = wrapper._definition
+        self.target = self.definition.target
+        self.instance: Any = None
+
+    def set_up(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        args = [_with_peers(a, self.max_message) for a in args]
+        kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
+        if self.definition.is_class:
+            self.instance = self.target(*args, **kwargs)
+        elif self.definition.setup is not None:
+            self.definition.setup()
+
+    def rules(self) -> Iterable[Any]:
+        rules = self.definition.rules
+        if callable(rules):
+            return list(rules(self.instance) if self.definition.is_class else rules())
+        return list(rules)
+
+    def handle(self, method: str, params: list[Any], channel: Channel) -> Any:
+        if method.startswith("$"):
+            if channel is not self.primary:
+                raise PermissionError(f"`{method}` may only come from the parent")
+            return self._control(method, params)
+        args, kwargs = _split_params(method, params)
+        args = [_with_peers(a, self.max_message) for a in args]
+        kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
+        if self.instance is None:
+            if method != "__call__":
+                raise AttributeError(f"function compartment `{self.name}` has only __call__")
+            return self.target(*args, **kwargs)
+        if method.startswith("_"):
+            raise AttributeError(f"`{method}` is private to compartment `{self.name}`")
+        return getattr(self.instance, method)(*args, **kwargs)
+
+    def _control(self, method: str, params: list[Any]) -> Any:
+        if method == "$start":
+            return os.getpid()
+        if method == "$attach":
+            fd, peer_name = params
+            if not isinstance(fd, Fd) or not isinstance(peer_name, str):
+                raise TypeError("$attach takes an Fd and a name")
+            assert self.server is not None
+            self.server.add_channel(channel_from_fd(fd, peer_name), peer_name)
+            return None
+        raise AttributeError(f"unknown control method `{method}`")
+
+
+def _split_params(method: str, params: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    if (
+        len(params) != 2
+        or not isinstance(params[0], list)
+        or not isinstance(params[1], dict)
+        or not all(isinstance(k, str) for k in params[1])
+    ):
+        raise TypeError(f"call `{method}`: params must be [args list, kwargs map]")
+    return params[0], params[1]
+
+
+def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
+    """The whole life of a compartment process. Never returns."""
+    code = 0
+    try:
+        _harden(zygote_pid)
+        primary = channel_from_fd(spec["channel"], "parent")
+        arguments = {"args": spec.get("args", []), "kwargs": spec.get("kwargs", {})}
+        keep = {0, 1, 2, primary.fileno()}
+        keep.update(
+            (v.fd if isinstance(v, PeerRef) else v).fileno() for v in _fd_carriers(arguments)
+        )
+        _close_all_but(keep)
+        compartment = _Compartment(spec, primary)
+        try:
+            compartment.set_up(list(spec.get("args", [])), dict(spec.get("kwargs", {})))
+            _warm_sources(compartment.target)
+            _seal(compartment.rules())
+        except Exception as exc:
+            _report_setup_failure(primary, exc, int(spec["max_message"]))
+            _exit(1)
+        server = Server(primary, compartment.handle, max_message=compartment.max_message)
+        compartment.server = server
+        server.serve_forever()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        code = 70
+    _exit(code)
+
+
+def _report_setup_failure(primary: Channel, exc: BaseException, max_message: int) -> None:
+    """Answer the parent's ``$start`` with the setup error, then stop."""
+    decoder = _wire.FrameDecoder(max_message=max_message, name="parent")
+    while primary.receive_into(decoder):
+        for message in decoder:
+            if isinstance(message, _wire.Request):
+                data, fds = _wire.encode_response(message.msgid, _wire.encode_error(exc), None)
+                primary.send(data, fds)
+                return
+
+
+def _exit(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # stdout may be denied by the policy
+            stream.flush()
+    os._exit(code)

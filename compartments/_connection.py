@@ -1,0 +1,234 @@
+"""The calling side of a channel: msgids, pipelining, timeouts and failure fan-out.
+
+No reader thread: whichever caller is waiting reads the socket for everyone (leader and
+followers), so a lone caller pays one send and one receive per call and no thread
+hand-off, while many threads still pipeline their calls by msgid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from . import _wire
+from ._channel import Channel
+from ._wire import FrameDecoder, Notification, Request, Response
+from .errors import CallTimeout, ProtocolError
+
+__all__ = ["Connection"]
+
+# Replies to timed-out calls may still arrive; remember that many msgids to drop them.
+_ABANDONED_MEMORY = 1024
+
+
+class _Slot:
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+NotificationHandler = Callable[[str, list[Any]], None]
+FailureExplainer = Callable[[BaseException], BaseException]
+
+
+class Connection:
+    """Thread-safe calls over one :class:`Channel`.
+
+    ``explain_failure`` turns a low-level failure (EOF, a bad frame) into the error the
+    callers should see, e.g. ``CompartmentCrashed`` with the child's exit signal.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        name: str,
+        on_notification: NotificationHandler | None = None,
+        explain_failure: FailureExplainer | None = None,
+        max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.channel = channel
+        self.name = name
+        self._decoder = FrameDecoder(max_message=max_message, name=name)
+        self._on_notification = on_notification
+        self._explain_failure = explain_failure
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Slot] = {}
+        self._abandoned: deque[int] = deque(maxlen=_ABANDONED_MEMORY)
+        self._cond = threading.Condition(threading.Lock())
+        self._reading = False
+        self._failure: BaseException | None = None
+        self.calls_started = 0
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def set_failure_explainer(self, explain: FailureExplainer) -> None:
+        self._explain_failure = explain
+
+    # -- calling ---------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        params: Sequence[Any],
+        *,
+        timeout: float | None = None,
+        names: Sequence[str] | None = None,
+    ) -> Any:
+        """Send a request and wait for its reply; raise what the compartment raised."""
+        slot = self.start_call(method, params, names=names)
+        return self.wait(slot, method, timeout)
+
+    def start_call(
+        self, method: str, params: Sequence[Any], *, names: Sequence[str] | None = None
+    ) -> tuple[int, _Slot]:
+        msgid = next(self._ids) & _wire.MAX_MSGID
+        data, fds = _wire.encode_request(msgid, method, params, names=names)
+        slot = _Slot()
+        with self._cond:
+            if self._failure is not None:
+                raise self._failure
+            self._pending[msgid] = slot
+            self.calls_started += 1
+        try:
+            self.channel.send(data, fds)
+        except OSError as exc:
+            self._fail(exc)
+        return msgid, slot
+
+    def wait(self, call: tuple[int, _Slot], method: str, timeout: float | None) -> Any:
+        msgid, slot = call
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not slot.done:
+            if not self._become_reader(slot, deadline):
+                if slot.done:
+                    break
+                self._abandon(msgid, slot)
+                raise CallTimeout(self.name, method, timeout or 0.0)
+            try:
+                self._read_until(slot, deadline)
+            finally:
+                with self._cond:
+                    self._reading = False
+                    self._cond.notify_all()
+            if not slot.done and deadline is not None and time.monotonic() >= deadline:
+                self._abandon(msgid, slot)
+                raise CallTimeout(self.name, method, timeout or 0.0)
+        if slot.error is not None:
+            raise slot.error
+        return slot.value
+
+    def notify(self, method: str, params: Sequence[Any]) -> None:
+        data, fds = _wire.encode_notification(method, params)
+        self.channel.send(data, fds)
+
+    def _become_reader(self, slot: _Slot, deadline: float | None) -> bool:
+        """Take the reader's role, unless our reply arrives first or time runs out.
+
+        True only when this thread is now the one reader; False otherwise (check
+        ``slot.done`` to tell a delivered reply from a timeout).
+        """
+        with self._cond:
+            while self._reading and not slot.done:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            if slot.done:
+                return False
+            self._reading = True
+            return True
+
+    def _abandon(self, msgid: int, slot: _Slot) -> None:
+        with self._cond:
+            if self._pending.pop(msgid, None) is not None:
+                self._abandoned.append(msgid)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _read_until(self, slot: _Slot, deadline: float | None) -> None:
+        while not slot.done:
+            if deadline is not None and not self._readable_before(deadline):
+                return
+            try:
+                if not self.channel.receive_into(self._decoder):
+                    raise ConnectionResetError(f"`{self.name}` closed its channel")
+                for message in self._decoder:
+                    self._dispatch(message)
+            except (ProtocolError, OSError) as exc:
+                self._fail(exc)
+
+    def _readable_before(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        poller = select.poll()
+        poller.register(self.channel.fileno(), select.POLLIN)
+        return bool(poller.poll(remaining * 1000))
+
+    def _dispatch(self, message: _wire.Message) -> None:
+        if isinstance(message, Response):
+            self._complete(message)
+        elif isinstance(message, Notification):
+            if self._on_notification is None:
+                raise ProtocolError(f"`{self.name}` sent an unexpected notification")
+            self._on_notification(message.method, message.params)
+        elif isinstance(message, Request):
+            raise ProtocolError(f"`{self.name}` sent a request; it may only answer")
+
+    def _complete(self, response: Response) -> None:
+        with self._cond:
+            slot = self._pending.pop(response.msgid, None)
+            if slot is None:
+                if response.msgid in self._abandoned:
+                    return
+                raise ProtocolError(
+                    f"`{self.name}` answered msgid {response.msgid}, which was never sent"
+                )
+            if response.error is not None:
+                slot.error = _wire.decode_error(response.error, self.name)
+            else:
+                slot.value = response.result
+            slot.done = True
+            self._cond.notify_all()
+
+    # -- failing ---------------------------------------------------------------------
+
+    def _fail(self, cause: BaseException) -> NoReturn:
+        """Fail every pending call and all future ones with one explained error."""
+        with self._cond:
+            first = self._failure is None
+        if first:
+            error = cause if self._explain_failure is None else self._explain_failure(cause)
+        with self._cond:
+            if self._failure is None:
+                self._failure = error
+            for slot in self._pending.values():
+                slot.error = self._failure
+                slot.done = True
+            self._pending.clear()
+            self._cond.notify_all()
+            failure = self._failure
+        self.channel.close()
+        self._decoder.close()
+        raise failure
+
+    def fail(self, cause: BaseException) -> None:
+        """Mark the connection dead from outside (e.g. the child was killed)."""
+        with contextlib.suppress(BaseException):  # recorded; callers see it on their calls
+            self._fail(cause)
+
+    def close(self) -> None:
+        self.channel.close()
+        self._decoder.close()
