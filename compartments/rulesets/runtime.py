@@ -16,14 +16,28 @@ CHANNEL_FD_BASE = 64
 CHANNEL_FD_LIMIT = 128  # exclusive
 _BLOCK_MASK = ~(CHANNEL_FD_LIMIT - CHANNEL_FD_BASE - 1) & 0xFFFFFFFF
 
-# fcntl/ioctl: socket objects set their blocking mode when built around a received fd.
-CHANNEL_IO = (
-    "recvfrom", "recvmsg", "sendto", "sendmsg", "getsockopt", "getsockname", "fcntl", "ioctl",
-)  # fmt: skip
+CHANNEL_IO = ("recvfrom", "recvmsg", "sendto", "sendmsg", "getsockopt", "getsockname")
+
+# fcntl/ioctl on the block take a command allowlist, never any command: a socket object
+# built around a received fd sets its blocking mode with ioctl(FIONBIO). Unchecked,
+# fcntl(F_SETOWN/F_SETSIG) + O_ASYNC makes the kernel signal (even SIGKILL) any process
+# of the same uid, and ioctl on a socket reaches dev_ioctl (SIOCSIF*: with root's
+# CAP_NET_ADMIN, reconfigure the host's interfaces) or, after dup3 into the block,
+# TIOCSTI on a terminal.
+_F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL = 1, 2, 3, 4
+_FIONBIO, _FIONCLEX, _FIOCLEX = 0x5421, 0x5450, 0x5451
+SAFE_COMMANDS = {
+    "fcntl": (_F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL),
+    "ioctl": (_FIONBIO, _FIONCLEX, _FIOCLEX),
+}
 
 
 def _in_channel_block(syscall: str, arg: int) -> SeccompRule:
     return SeccompRule(syscall).and_condition(Arg(arg, bits=32) & _BLOCK_MASK == CHANNEL_FD_BASE)
+
+
+def _command_on_channel(syscall: str, command: int) -> SeccompRule:
+    return _in_channel_block(syscall, 0).and_condition(Arg(1, bits=32) == command)
 
 
 class ChannelRuntime(BuiltinRuleSet):
@@ -36,6 +50,11 @@ class ChannelRuntime(BuiltinRuleSet):
         granted = self._with(
             simple=("poll", "ppoll", "close", "getppid"),
             conditional=[_in_channel_block(name, 0) for name in CHANNEL_IO]
+            + [
+                _command_on_channel(name, cmd)
+                for name, cmds in SAFE_COMMANDS.items()
+                for cmd in cmds
+            ]
             + [_in_channel_block("dup3", 1)],
         )
         self._simple = granted._simple
