@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import resource
 import signal
@@ -18,6 +19,7 @@ from ._connection import Connection
 from ._context import SafetyContext
 from ._server import Server
 from ._wire import Fd, PeerRef
+from .errors import LandlockError, UnsupportedError
 from .rulesets.runtime import CHANNEL_FD_BASE, CHANNEL_FD_LIMIT, ChannelRuntime
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
@@ -132,7 +134,11 @@ def _warm_sources(target: Any) -> None:
     _traceback.warm_linecache([m for m in modules if m is not None])
 
 
-def _seal(rules: Iterable[Any]) -> None:
+_NO_USER_NOTIFICATION = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBUSY)
+
+
+def _seal(rules: Iterable[Any], primary: Channel) -> None:
+    """Apply the policy; hand the violation listener to the parent and keep no copy."""
     ctx = SafetyContext()
     enabled = False
     for ruleset in rules:
@@ -143,7 +149,28 @@ def _seal(rules: Iterable[Any]) -> None:
 
         ctx.enable(SystemIO.nothing())
     ctx.enable_yielding(ChannelRuntime())
-    ctx.apply_to_all_threads()
+    try:
+        listener = ctx.apply_with_listener()
+    except (UnsupportedError, OSError) as exc:
+        if isinstance(exc, LandlockError) or exc.errno not in _NO_USER_NOTIFICATION:
+            raise
+        ctx.apply_to_all_threads()
+        primary.send(*_wire.encode_notification("$listener", [None, str(exc)]))
+        return
+    try:
+        primary.send(*_wire.encode_notification("$listener", [Fd(listener), ""]))
+    finally:
+        os.close(listener)
+
+
+class _PlainTarget:
+    """An undecorated function run as a compartment (``python -m compartments learn``)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.is_class = False
+        self.setup = None
+        self.rules: tuple[Any, ...] = ()
 
 
 class _Compartment:
@@ -154,8 +181,8 @@ class _Compartment:
         self.max_message = int(spec["max_message"])
         self.primary = server_channel
         self.server: Server | None = None
-        wrapper = _resolve(spec)
-        self.definition = wrapper._definition
+        resolved = _resolve(spec)
+        self.definition = getattr(resolved, "_definition", None) or _PlainTarget(resolved)
         self.target = self.definition.target
         self.instance: Any = None
 
@@ -229,7 +256,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         try:
             compartment.set_up(list(spec.get("args", [])), dict(spec.get("kwargs", {})))
             _warm_sources(compartment.target)
-            _seal(compartment.rules())
+            _seal(compartment.rules(), primary)
         except Exception as exc:
             _report_setup_failure(primary, exc, int(spec["max_message"]))
             _exit(1)

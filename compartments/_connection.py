@@ -68,6 +68,10 @@ class Connection:
         self._reading = False
         self._failure: BaseException | None = None
         self.calls_started = 0
+        self.responses_seen = 0
+        #: Turns a remote error into a better one (a PermissionError into the
+        #: PolicyViolation that caused it); set by the supervisor.
+        self.translate_error: Callable[[BaseException], BaseException] | None = None
 
     @property
     def failure(self) -> BaseException | None:
@@ -196,8 +200,12 @@ class Connection:
                 raise ProtocolError(
                     f"`{self.name}` answered msgid {response.msgid}, which was never sent"
                 )
+            self.responses_seen += 1
             if response.error is not None:
-                slot.error = _wire.decode_error(response.error, self.name)
+                error = _wire.decode_error(response.error, self.name)
+                if self.translate_error is not None:
+                    error = self.translate_error(error)
+                slot.error = error
             else:
                 slot.value = response.result
             slot.done = True

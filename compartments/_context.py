@@ -220,6 +220,18 @@ class SafetyContext:
         self._apply_landlock(all_threads=tsync)
         _seccomp.load(flt)
 
+    def apply_with_listener(self) -> int:
+        """Seal every thread, sending denied syscalls to a user-notification listener.
+
+        Returns the listener fd: whoever holds it must answer each notification (see
+        ``_violations``), and the sealed process must not keep it, or another of its
+        threads could let its own denied calls through.
+        """
+        flt = self._build(tsync=True, default_action=_seccomp.NOTIFY)
+        self._apply_landlock(all_threads=True)
+        _seccomp.load(flt)
+        return _seccomp.notify_fd(flt)
+
     def _apply_landlock(self, *, all_threads: bool) -> None:
         """Landlock goes first: the seccomp filter loaded next denies its syscalls."""
         policy = LandlockPolicy(scoped=self._landlock_scope)

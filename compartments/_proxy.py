@@ -7,6 +7,7 @@ import concurrent.futures
 import functools
 import inspect
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -16,7 +17,9 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from . import _wire
 from ._connection import Connection
+from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._supervisor import START_TIMEOUT, ChildProcess, get_zygote, new_connection
+from ._violations import Violation, ViolationLog, log
 from ._wire import Fd, PeerRef
 from .errors import CallTimeout, CompartmentClosed, CompartmentCrashed
 
@@ -72,6 +75,7 @@ class Definition:
     setup: Callable[[], object] | None
     fresh: bool
     max_message: int
+    learn: bool = False
 
     @property
     def is_class(self) -> bool:
@@ -105,6 +109,9 @@ class Supervised:
         self._closed = False
         self.restarts = 0
         self.generation = 0
+        self.violations = ViolationLog(self.name, learn=definition.learn)
+        if definition.learn:
+            log.warning(BANNER.format(name=self.name))
         _check_arguments(definition, "__init__", self._args, self._kwargs)
         _all_supervised.add(self)
 
@@ -151,8 +158,11 @@ class Supervised:
                 for sock in brokered:
                     sock.close()
         child = ChildProcess(self.name, pid, zygote)
-        connection = new_connection(parent_end, self.name, definition.max_message)
+        connection = new_connection(
+            parent_end, self.name, definition.max_message, self.violations.on_notification
+        )
         connection.set_failure_explainer(child.explain)
+        self.violations.attach(connection)
         try:
             connection.call("$start", [], timeout=START_TIMEOUT)
         except BaseException:
@@ -162,11 +172,24 @@ class Supervised:
         self._child, self._connection = child, connection
         self.generation += 1
 
+    def learned_policy(self) -> LearnedPolicy:
+        return learn_policy(self.violations.observed)
+
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             child, conn = self._child, self._connection
             self._child = self._connection = None
+        try:
+            self._stop(child, conn)
+        finally:
+            if self.definition.learn and self.violations.observed:
+                print(f"# learned policy for compartment `{self.name}`:", file=sys.stderr)
+                print(self.learned_policy().code, file=sys.stderr)
+
+    def _stop(self, child: ChildProcess | None, conn: Connection | None) -> None:
         if conn is not None:
             conn.channel.shutdown()
         if child is not None:
@@ -368,6 +391,15 @@ class CompartmentFunction(_Remote, Generic[P, R]):
             return self._owner.pid
         return None if self._supervised is None else self._supervised.pid
 
+    @property
+    def violations(self) -> list[Violation]:
+        """The syscalls the current child was denied (the last 1,000)."""
+        return list(self._supervised_instance().violations.recent)
+
+    def learned_policy(self) -> LearnedPolicy:
+        """With ``learn=True``: the minimal policy for what the workload did so far."""
+        return self._supervised_instance().learned_policy()
+
     def close(self) -> None:
         """Stop the child; the next call starts a new one."""
         if self._owner is not None:
@@ -424,6 +456,15 @@ class Proxy(_Remote):
     def restarts(self) -> int:
         return self._supervised.restarts
 
+    @property
+    def violations(self) -> list[Violation]:
+        """The syscalls this compartment was denied (the last 1,000)."""
+        return list(self._supervised.violations.recent)
+
+    def learned_policy(self) -> LearnedPolicy:
+        """With ``learn=True``: the minimal policy for what the workload did so far."""
+        return self._supervised.learned_policy()
+
     def close(self) -> None:
         """Stop the child: the class's own ``close()`` if it has one, then EOF, then
         SIGKILL after a grace period. No zombie remains."""
@@ -446,7 +487,9 @@ class Proxy(_Remote):
 
 
 #: Names a proxy answers itself; ``close`` also runs the class's own ``close()`` first.
-PROXY_ATTRIBUTES = frozenset({"aio", "pid", "restarts", "with_timeout"})
+PROXY_ATTRIBUTES = frozenset(
+    {"aio", "learned_policy", "pid", "restarts", "violations", "with_timeout"}
+)
 
 
 class CompartmentClass(Generic[T]):
@@ -492,6 +535,7 @@ def compartment(
     setup: Callable[[], object] | None = None,
     fresh: bool = False,
     max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+    learn: bool = False,
 ) -> Callable[[Any], Any]: ...
 
 
@@ -506,12 +550,16 @@ def compartment(
     setup: Callable[[], object] | None = None,
     fresh: bool = False,
     max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+    learn: bool = False,
 ) -> Any:
     """Run a module-level function or class in its own process, sealed by ``rules``.
 
     ``rules`` is a list of RuleSets (empty: pure computation), or a callable returning
     one, evaluated in the child after setup (for a class, it gets the instance), so a
     policy can name fds the setup opened.
+
+    ``learn=True`` is UNSAFE: denied syscalls are allowed and recorded, and
+    ``learned_policy()`` (also printed to stderr at close) suggests the rules to use.
     """
 
     def decorate(obj: Any) -> Any:
@@ -534,6 +582,7 @@ def compartment(
             setup=setup,
             fresh=fresh,
             max_message=max_message,
+            learn=learn,
         )
         if inspect.isclass(obj):
             return CompartmentClass(definition)

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import functools
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -133,6 +134,59 @@ def load(flt: pyseccomp.SyscallFilter) -> None:
                 exc.errno, "seccomp TSYNC failed: another thread has a diverging filter"
             ) from None
         raise OSError(exc.errno, f"loading the seccomp filter failed: {exc.strerror}") from None
+
+
+class _NotifyRecords:
+    """libseccomp-allocated request/response buffers, sized for the running kernel."""
+
+    def __init__(self) -> None:
+        lib = pyseccomp._libseccomp
+        self.request = ctypes.POINTER(pyseccomp._Notif)()
+        self.response = ctypes.POINTER(pyseccomp._NotifResp)()
+        rc = lib.seccomp_notify_alloc(ctypes.byref(self.request), ctypes.byref(self.response))
+        if rc != 0:
+            raise UnsupportedError(-rc, f"seccomp_notify_alloc: {os.strerror(-rc)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: int
+    pid: int
+    syscall: int
+    args: tuple[int, ...]
+
+
+_records = threading.local()
+
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+
+
+def _notify_records() -> _NotifyRecords:
+    records: _NotifyRecords | None = getattr(_records, "value", None)
+    if records is None:
+        records = _records.value = _NotifyRecords()
+    return records
+
+
+def receive_notification(listener: int) -> Notification | None:
+    """The next pending notification, or None if it vanished (the task died)."""
+    records = _notify_records()
+    ctypes.memset(records.request, 0, ctypes.sizeof(pyseccomp._Notif))
+    if pyseccomp._libseccomp.seccomp_notify_receive(listener, records.request) != 0:
+        return None
+    raw = records.request.contents
+    return Notification(int(raw.id), int(raw.pid), int(raw.data.nr), tuple(raw.data.args))
+
+
+def respond(listener: int, notification_id: int, *, error: int = 0, proceed: bool = False) -> None:
+    """Answer a notification: fail it with ``error``, or let the kernel run it."""
+    records = _notify_records()
+    reply = records.response.contents
+    reply.id = notification_id
+    reply.val = 0
+    reply.error = 0 if proceed else -error
+    reply.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if proceed else 0
+    pyseccomp._libseccomp.seccomp_notify_respond(listener, records.response)
 
 
 def notify_fd(flt: pyseccomp.SyscallFilter) -> int:

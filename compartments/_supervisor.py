@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ._channel import Channel
@@ -180,8 +181,18 @@ class ChildProcess:
 _live_children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
 
 
-def new_connection(child_end: socket.socket, name: str, max_message: int) -> Connection:
-    return Connection(Channel(child_end, name=name), name=name, max_message=max_message)
+def new_connection(
+    child_end: socket.socket,
+    name: str,
+    max_message: int,
+    on_notification: Callable[[str, list[Any]], None],
+) -> Connection:
+    return Connection(
+        Channel(child_end, name=name),
+        name=name,
+        max_message=max_message,
+        on_notification=on_notification,
+    )
 
 
 @atexit.register

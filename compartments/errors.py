@@ -85,10 +85,9 @@ class PolicyViolation(CompartmentsError, PermissionError):
         self.compartment = compartment
         self.suggestion = suggestion
         self.decoded = decoded
-        detail = f" {decoded}" if decoded else ""
-        text = (
-            f"compartment `{compartment}` was denied syscall `{syscall}`{detail}"
-            f"{'; ' + suggestion if suggestion else ''}"
+        call = decoded or f"syscall `{syscall}`"
+        text = f"compartment `{compartment}` was denied {call}" + (
+            f"; {suggestion}" if suggestion else ""
         )
         PermissionError.__init__(self, 1, text)
         # `.args` names the syscall's arguments here, as the violation report promises.

@@ -1,0 +1,503 @@
+"""Violation reports: which syscall was denied, with what, and which RuleSet would allow it.
+
+A sealed compartment's filter sends denied syscalls to a user-notification listener that
+the parent holds. One monitor thread records each one (decoding the arguments that
+matter), logs it, and answers EPERM, so the compartment sees exactly what a plain errno
+filter would give it. Allowed syscalls never reach the listener and pay nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import inspect
+import ipaddress
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _seccomp
+from ._rules import SeccompRule
+from ._seccomp import Comparison
+
+__all__ = ["Grant", "Violation", "ViolationLog", "ViolationMonitor", "grants_allowing", "monitor"]
+
+log = logging.getLogger("compartments")
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One denied (or, in learn mode, recorded) syscall."""
+
+    compartment: str
+    pid: int
+    syscall: str
+    args: tuple[int, ...]
+    decoded: str
+    time: float
+    suggestion: str
+    allowed_by: tuple[str, ...] = ()
+    path: str | None = None
+
+
+# -- decoding arguments --------------------------------------------------------------
+
+_O_FLAGS = [
+    (os.O_WRONLY, "O_WRONLY"), (os.O_RDWR, "O_RDWR"), (os.O_CREAT, "O_CREAT"),
+    (os.O_EXCL, "O_EXCL"), (os.O_NOCTTY, "O_NOCTTY"), (os.O_TRUNC, "O_TRUNC"),
+    (os.O_APPEND, "O_APPEND"), (os.O_NONBLOCK, "O_NONBLOCK"), (os.O_DSYNC, "O_DSYNC"),
+    (os.O_DIRECTORY, "O_DIRECTORY"), (os.O_NOFOLLOW, "O_NOFOLLOW"),
+    (os.O_CLOEXEC, "O_CLOEXEC"), (os.O_SYNC & ~os.O_DSYNC, "O_SYNC"),
+    (0o20000000, "__O_TMPFILE"), (os.O_PATH, "O_PATH"),
+]  # fmt: skip
+_CLONE_FLAGS = [
+    (0x100, "CLONE_VM"), (0x200, "CLONE_FS"), (0x400, "CLONE_FILES"),
+    (0x800, "CLONE_SIGHAND"), (0x4000, "CLONE_VFORK"), (0x8000, "CLONE_PARENT"),
+    (0x10000, "CLONE_THREAD"), (0x20000, "CLONE_NEWNS"), (0x80000, "CLONE_SETTLS"),
+    (0x02000000, "CLONE_NEWCGROUP"), (0x04000000, "CLONE_NEWUTS"),
+    (0x08000000, "CLONE_NEWIPC"), (0x10000000, "CLONE_NEWUSER"),
+    (0x20000000, "CLONE_NEWPID"), (0x40000000, "CLONE_NEWNET"), (0x80, "CLONE_NEWTIME"),
+]  # fmt: skip
+_FAMILIES = {
+    v: k for k, v in sorted(vars(socket).items()) if k.startswith("AF_") and isinstance(v, int)
+}
+# Aliases share a number; name each family the way its users do.
+_FAMILIES.update({socket.AF_UNIX: "AF_UNIX", socket.AF_NETLINK: "AF_NETLINK"})
+_TYPES: dict[int, str] = {
+    socket.SOCK_STREAM: "SOCK_STREAM", socket.SOCK_DGRAM: "SOCK_DGRAM",
+    socket.SOCK_RAW: "SOCK_RAW", socket.SOCK_SEQPACKET: "SOCK_SEQPACKET",
+    socket.SOCK_RDM: "SOCK_RDM",
+}  # fmt: skip
+_AT_FDCWD = 0xFFFFFFFFFFFFFF9C
+_PATH_ARG = {
+    "open": 0, "openat": 1, "openat2": 1, "stat": 0, "lstat": 0, "newfstatat": 1,
+    "statx": 1, "access": 0, "faccessat": 1, "faccessat2": 1, "execve": 0, "execveat": 1,
+    "unlink": 0, "unlinkat": 1, "mkdir": 0, "mkdirat": 1, "rmdir": 0, "chdir": 0,
+    "readlink": 0, "readlinkat": 1, "truncate": 0, "chmod": 0, "chown": 0, "creat": 0,
+    "rename": 0, "renameat": 1, "renameat2": 1, "link": 0, "symlink": 0, "mount": 1,
+    "chroot": 0, "umount2": 0,
+}  # fmt: skip
+
+
+def _flag_names(value: int, table: Sequence[tuple[int, str]], rest: str = "") -> str:
+    names = [name for bit, name in table if bit and value & bit == bit]
+    known = functools.reduce(lambda acc, item: acc | item[0], table, 0)
+    leftover = value & ~known
+    if rest:
+        names.insert(0, rest)
+    if leftover:
+        names.append(hex(leftover))
+    return "|".join(names) or "0"
+
+
+def open_flags(flags: int) -> str:
+    access = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR"}[flags & 3] if flags & 3 != 3 else ""
+    return _flag_names(flags & ~3, _O_FLAGS[2:], rest=access)
+
+
+def socket_kind(domain: int, kind: int) -> str:
+    family = _FAMILIES.get(domain & 0xFFFFFFFF, str(domain))
+    base = _TYPES.get(kind & 0xF, str(kind & 0xF))
+    extras = [n for bit, n in ((socket.SOCK_CLOEXEC, "SOCK_CLOEXEC"),
+                               (socket.SOCK_NONBLOCK, "SOCK_NONBLOCK")) if kind & bit]  # fmt: skip
+    return f"{family}, {'|'.join([base, *extras])}"
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _dirfd(value: int) -> str:
+    return "AT_FDCWD" if value == _AT_FDCWD or (value & 0xFFFFFFFF) == 0xFFFFFF9C else str(
+        _signed(value)
+    )
+
+
+class _Memory:
+    """Reads strings and structs out of the notifying task (root or CAP_SYS_PTRACE)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def read(self, address: int, size: int) -> bytes | None:
+        if not address:
+            return None
+        try:
+            fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return os.pread(fd, size, address)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def string(self, address: int, limit: int = 512) -> str | None:
+        raw = self.read(address, limit)
+        return None if raw is None else raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _sockaddr(memory: _Memory, address: int, length: int) -> str:
+    raw = memory.read(address, min(length, 110))
+    if raw is None or len(raw) < 2:
+        return "?"
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return f"{ipaddress.IPv4Address(raw[4:8])}:{port}"
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return f"[{ipaddress.IPv6Address(raw[8:24])}]:{port}"
+    if family == socket.AF_UNIX:
+        name = raw[2:]
+        return repr(name.split(b"\0", 1)[0].decode(errors="replace") or name[:40])
+    return _FAMILIES.get(family, str(family))
+
+
+def decode(syscall: str, args: Sequence[int], memory: _Memory | None) -> tuple[str, str | None]:
+    """A readable call, e.g. ``openat(AT_FDCWD, "/etc/passwd", O_RDONLY|O_CLOEXEC)``,
+    and the path it names, if any."""
+    path = None
+    index = _PATH_ARG.get(syscall)
+    if index is not None and memory is not None:
+        path = memory.string(args[index])
+    quoted = f'"{path}"' if path is not None else "?"
+    if syscall in ("open", "creat"):
+        flags = args[1] if syscall == "open" else os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+        return f"{syscall}({quoted}, {open_flags(flags)})", path
+    if syscall == "openat":
+        return f"openat({_dirfd(args[0])}, {quoted}, {open_flags(args[2])})", path
+    if syscall in ("socket", "socketpair"):
+        return f"{syscall}({socket_kind(args[0], args[1])}, {_signed(args[2])})", None
+    if syscall in ("connect", "bind") and memory is not None:
+        return f"{syscall}({_signed(args[0])}, {_sockaddr(memory, args[1], args[2])})", None
+    if syscall == "clone":
+        return f"clone({_flag_names(args[0] & ~0xFF, _CLONE_FLAGS)})", None
+    if syscall in ("kill", "tgkill", "tkill"):
+        return f"{syscall}({', '.join(str(_signed(a)) for a in args[:3 if syscall == 'tgkill' else 2])})", None  # noqa: E501
+    if index is not None:
+        shown = [hex(a) for a in args[:3]]
+        shown[index] = quoted
+        if index == 1:
+            shown[0] = _dirfd(args[0])
+        return f"{syscall}({', '.join(shown)})", path
+    if syscall in _FD_FIRST:
+        return f"{syscall}({_signed(args[0])}, ...)", None
+    return f"{syscall}({', '.join(hex(a) for a in args[:3])}, ...)", None
+
+
+_FD_FIRST = frozenset({
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "lseek", "fstat", "ioctl",
+    "fcntl", "close", "sendto", "recvfrom", "sendmsg", "recvmsg", "accept", "accept4",
+    "listen", "shutdown", "getsockopt", "setsockopt", "fsync", "fdatasync", "ftruncate",
+    "getdents64", "dup", "dup2", "dup3",
+})
+
+
+# -- which builtin grant would allow a call ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One builtin ``allow_*`` method, as code and as the rules it adds."""
+
+    ruleset: str
+    method: str
+    risky: bool
+    simple: frozenset[str]
+    conditional: tuple[SeccompRule, ...]
+    rulesets: tuple[Any, ...] = field(default=(), compare=False)
+
+    @property
+    def code(self) -> str:
+        suffix = ".yes_really()" if self.risky else ""
+        return f"{self.ruleset}.{self.method}(){suffix}"
+
+    @property
+    def breadth(self) -> int:
+        return len(self.simple) + len({r.syscall for r in self.conditional})
+
+    def allows(self, syscall: str, args: Sequence[int]) -> bool:
+        if syscall in self.simple:
+            return True
+        return any(
+            rule.syscall == syscall and rule.errno is None and _all_hold(rule, args)
+            for rule in self.conditional
+        )
+
+
+def _all_hold(rule: SeccompRule, args: Sequence[int]) -> bool:
+    return all(_holds(c.comparison, args) for c in rule.conditions)
+
+
+def _holds(c: Comparison, args: Sequence[int]) -> bool:
+    value = args[c.index] & 0xFFFFFFFFFFFFFFFF
+    ops: dict[int, Callable[[], bool]] = {
+        _seccomp.OPERATORS["=="]: lambda: value == c.datum_a,
+        _seccomp.OPERATORS["!="]: lambda: value != c.datum_a,
+        _seccomp.OPERATORS["<"]: lambda: value < c.datum_a,
+        _seccomp.OPERATORS["<="]: lambda: value <= c.datum_a,
+        _seccomp.OPERATORS[">"]: lambda: value > c.datum_a,
+        _seccomp.OPERATORS[">="]: lambda: value >= c.datum_a,
+        _seccomp.OPERATORS["&=="]: lambda: value & c.datum_a == c.datum_b,
+    }
+    return ops[c.op]()
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_grants() -> tuple[Grant, ...]:
+    """Every argument-free ``allow_*`` method of the builtin RuleSets, read from the code."""
+    from . import rulesets
+    from .rulesets import YesReally
+
+    found = []
+    for cls in (rulesets.SystemIO, rulesets.Networking, rulesets.Time, rulesets.Pipes,
+                rulesets.Threads, rulesets.ForkAndExec):  # fmt: skip
+        for method, function in inspect.getmembers(cls, inspect.isfunction):
+            if not method.startswith("allow_") or len(inspect.signature(function).parameters) != 1:
+                continue
+            granted = getattr(cls.nothing(), method)()
+            risky = isinstance(granted, YesReally)
+            if risky:
+                granted = granted.yes_really()
+            if granted.landlock_rules():
+                continue  # path grants are suggested from the path, not from the syscall
+            conditional = tuple(r for rs in granted.conditional_rules().values() for r in rs)
+            simple = frozenset(granted.simple_rules())
+            found.append(Grant(cls.name, method, risky, simple, conditional, (granted,)))
+    return tuple(found)
+
+
+def grants_allowing(syscall: str, args: Sequence[int]) -> list[Grant]:
+    """Builtin grants that would allow exactly this call, safest and narrowest first."""
+    matching = [g for g in builtin_grants() if g.allows(syscall, args)]
+    return sorted(matching, key=lambda g: (g.risky, g.breadth, g.code))
+
+
+_LANDLOCK_HINTS = {"read": "SystemIO.allow_read_path({path!r})",
+                   "write": "SystemIO.allow_write_file({path!r})",
+                   "create": "SystemIO.allow_create_in_dir({parent!r})"}  # fmt: skip
+
+
+def _landlock_hint(syscall: str, args: Sequence[int], path: str | None) -> str | None:
+    if path is None or syscall not in ("open", "openat", "openat2"):
+        return None
+    flags = args[1] if syscall == "open" else args[2]
+    kind = "create" if flags & os.O_CREAT else "write" if flags & 3 else "read"
+    parent = os.path.dirname(path) or "."
+    return _LANDLOCK_HINTS[kind].format(path=path, parent=parent)
+
+
+def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, tuple[str, ...]]:
+    grants = grants_allowing(syscall, args)
+    codes = tuple(g.code for g in grants[:3])
+    hint = _landlock_hint(syscall, args, path)
+    if codes:
+        text = "allowed by " + " or ".join(codes)
+        if hint:
+            text += f", or only this path with {hint}"
+        return text, codes
+    if syscall == "socket":
+        never = "netlink, packet, AF_ALG and raw sockets are never granted"
+        return f"no builtin RuleSet allows this kind of socket ({never}); a custom RuleSet can", ()
+    return (
+        f"no builtin RuleSet allows this call; if the job really needs `{syscall}`, "
+        f'enable it by name (rules=[..., "{syscall}"]) or with a custom RuleSet',
+        (),
+    )
+
+
+def describe_violation(compartment: str, pid: int, syscall: str, args: Sequence[int],
+                       memory: _Memory | None) -> Violation:  # fmt: skip
+    decoded, path = decode(syscall, args, memory)
+    suggestion, codes = suggest(syscall, args, path)
+    return Violation(compartment, pid, syscall, tuple(args), decoded, time.time(), suggestion,
+                     codes, path)  # fmt: skip
+
+
+# -- the monitor --------------------------------------------------------------------------
+
+Sink = Callable[[Violation], None]
+
+
+@dataclass
+class _Listener:
+    fd: int
+    compartment: str
+    learn: bool
+    sink: Sink
+
+
+class ViolationMonitor:
+    """One thread answering every compartment's listener fd."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[int, _Listener] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread: threading.Thread | None = None
+
+    def register(self, fd: int, compartment: str, sink: Sink, *, learn: bool = False) -> None:
+        """Take ownership of a listener fd; it is closed when its compartment is gone."""
+        with self._lock:
+            self._listeners[fd] = _Listener(fd, compartment, learn, sink)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="compartments-violations", daemon=True
+                )
+                self._thread.start()
+        os.write(self._wake_w, b"\0")
+
+    def _run(self) -> None:
+        while True:
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            with self._lock:
+                for fd in self._listeners:
+                    poller.register(fd, select.POLLIN)
+            for fd, events in poller.poll():
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                elif events & select.POLLIN:
+                    self._answer(fd)
+                else:
+                    self._forget(fd)
+
+    def _answer(self, fd: int) -> None:
+        with self._lock:
+            listener = self._listeners.get(fd)
+        if listener is None:
+            return
+        notification = _seccomp.receive_notification(fd)
+        if notification is None:
+            return
+        try:
+            violation = describe_violation(
+                listener.compartment,
+                notification.pid,
+                _seccomp.syscall_name(notification.syscall),
+                notification.args,
+                _Memory(notification.pid),
+            )
+            listener.sink(violation)
+        finally:
+            # Record first, answer second: the caller's reply then always finds it.
+            _seccomp.respond(fd, notification.id, error=errno.EPERM, proceed=listener.learn)
+
+    def _forget(self, fd: int) -> None:
+        with self._lock:
+            if self._listeners.pop(fd, None) is not None:
+                os.close(fd)
+
+
+_monitor: ViolationMonitor | None = None
+_monitor_lock = threading.Lock()
+
+
+def monitor() -> ViolationMonitor:
+    global _monitor
+    with _monitor_lock:
+        if _monitor is None:
+            _monitor = ViolationMonitor()
+        return _monitor
+
+
+def log_violation(violation: Violation) -> None:
+    log.warning(
+        "compartment `%s` (pid %d) was denied %s; %s",
+        violation.compartment, violation.pid, violation.decoded, violation.suggestion,
+    )  # fmt: skip
+
+
+# -- per compartment ------------------------------------------------------------------------
+
+_MAX_KEPT = 1000
+_fallback_reported = False
+
+
+class ViolationLog:
+    """What one compartment was denied (or, learning, used), and the errors it explains."""
+
+    def __init__(self, compartment: str, *, learn: bool) -> None:
+        self.compartment = compartment
+        self.learn = learn
+        self.recent: deque[Violation] = deque(maxlen=_MAX_KEPT)
+        self.observed: list[Violation] = []
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._unexplained: list[tuple[int, Violation]] = []
+        self._listener_seen = False
+
+    def attach(self, connection: Any) -> None:
+        """Follow a new child's connection (after a restart, a new one)."""
+        with self._lock:
+            self._connection = connection
+            self._unexplained.clear()
+            self._listener_seen = False
+        connection.translate_error = self.translate
+
+    def on_notification(self, method: str, params: list[Any]) -> None:
+        from ._wire import Fd
+        from .errors import ProtocolError
+
+        if method != "$listener" or self._listener_seen or len(params) != 2:
+            raise ProtocolError(f"`{self.compartment}` sent an unexpected notification")
+        self._listener_seen = True
+        listener, reason = params
+        if listener is None:
+            _report_fallback(str(reason))
+        elif isinstance(listener, Fd):
+            monitor().register(listener.detach(), self.compartment, self.record, learn=self.learn)
+        else:
+            raise ProtocolError(f"`{self.compartment}` sent a malformed listener")
+
+    def record(self, violation: Violation) -> None:
+        with self._lock:
+            self.recent.append(violation)
+            if self.learn:
+                self.observed.append(violation)
+                return
+            seen = getattr(self._connection, "responses_seen", 0)
+            self._unexplained.append((seen, violation))
+            del self._unexplained[:-16]
+        log_violation(violation)
+
+    def translate(self, error: BaseException) -> BaseException:
+        """A PermissionError whose call hit the filter becomes that PolicyViolation."""
+        if not isinstance(error, PermissionError) or error.errno != errno.EPERM:
+            return error
+        from .errors import PolicyViolation
+
+        with self._lock:
+            # Answered in order: violations recorded since the previous reply are this call's.
+            seen = getattr(self._connection, "responses_seen", 0)
+            mine = [v for at, v in self._unexplained if at == seen - 1]
+            self._unexplained.clear()
+        if not mine:
+            return error
+        violation = mine[-1]
+        translated = PolicyViolation(
+            violation.syscall, violation.args, self.compartment, violation.suggestion,
+            violation.decoded,
+        )  # fmt: skip
+        translated.__cause__ = error.__cause__
+        return translated
+
+
+def _report_fallback(reason: str) -> None:
+    global _fallback_reported
+    if not _fallback_reported:
+        _fallback_reported = True
+        log.warning(
+            "seccomp user notification is unavailable (%s): denied syscalls are plain "
+            "EPERM, without violation reports", reason or "unknown reason",
+        )  # fmt: skip
