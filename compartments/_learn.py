@@ -153,9 +153,13 @@ def _render(chosen: Sequence[Grant], raw: Sequence[str], calls: Sequence[_Call])
     return "\n".join(lines)
 
 
-def _summary(calls: Sequence[_Call], limit: int = 3) -> str:
+def _summary(calls: Sequence[_Call], limit: int = 2, width: int = 60) -> str:
     counts = Counter(c.syscall for c in calls)
-    examples = [c.decoded for c in calls[:limit]]
+    examples = [_shorten(c.decoded, width) for c in calls[:limit]]
     more = f" (+{len(calls) - limit} more)" if len(calls) > limit else ""
     names = ", ".join(f"{n} x{k}" if k > 1 else n for n, k in counts.items())
     return f"{names}: {'; '.join(examples)}{more}"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
