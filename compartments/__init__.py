@@ -8,20 +8,32 @@ from __future__ import annotations
 
 from . import errors
 from ._context import SafetyContext
+from ._isolate import Bind, Isolate, IsolateResult
+from ._landlock import Scope
+from ._learn import LearnedPolicy
+from ._pool import Pool
 from ._proxy import CompartmentClass, CompartmentFunction, Proxy, RestartPolicy, compartment
 from ._rules import Arg, RuleSet, SeccompRule
+from ._violations import Violation
 from ._wire import Fd
 
 __all__ = [
     "Arg",
+    "Bind",
     "CompartmentClass",
     "CompartmentFunction",
     "Fd",
+    "Isolate",
+    "IsolateResult",
+    "LearnedPolicy",
+    "Pool",
     "Proxy",
     "RestartPolicy",
     "RuleSet",
     "SafetyContext",
+    "Scope",
     "SeccompRule",
+    "Violation",
     "compartment",
     "errors",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import inspect
 import os
 import resource
 import signal
@@ -17,6 +18,7 @@ from . import _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
+from ._rules import ruleset_from_data
 from ._server import Server
 from ._wire import Fd, PeerRef
 from .errors import LandlockError, UnsupportedError
@@ -164,11 +166,11 @@ def _seal(rules: Iterable[Any], primary: Channel) -> None:
 
 
 class _PlainTarget:
-    """An undecorated function run as a compartment (``python -m compartments learn``)."""
+    """An undecorated function or class run as a compartment (a Pool worker, ``learn``)."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
-        self.is_class = False
+        self.is_class = inspect.isclass(target)
         self.setup = None
         self.rules: tuple[Any, ...] = ()
 
@@ -185,6 +187,8 @@ class _Compartment:
         self.definition = getattr(resolved, "_definition", None) or _PlainTarget(resolved)
         self.target = self.definition.target
         self.instance: Any = None
+        sent = spec.get("rules")
+        self.sent_rules = None if sent is None else [ruleset_from_data(r) for r in sent]
 
     def set_up(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         args = [_with_peers(a, self.max_message) for a in args]
@@ -195,6 +199,8 @@ class _Compartment:
             self.definition.setup()
 
     def rules(self) -> Iterable[Any]:
+        if self.sent_rules is not None:
+            return self.sent_rules
         rules = self.definition.rules
         if callable(rules):
             return list(rules(self.instance) if self.definition.is_class else rules())

@@ -111,14 +111,24 @@ class Connection:
             self._fail(exc)
         return msgid, slot
 
-    def wait(self, call: tuple[int, _Slot], method: str, timeout: float | None) -> Any:
+    def wait(
+        self,
+        call: tuple[int, _Slot],
+        method: str,
+        timeout: float | None,
+        *,
+        abandon_on_timeout: bool = True,
+    ) -> Any:
+        """Wait for a reply. A timeout abandons the call unless told otherwise (a Future's
+        ``result(timeout)`` only stops waiting; the reply can still be collected later)."""
         msgid, slot = call
         deadline = None if timeout is None else time.monotonic() + timeout
         while not slot.done:
             if not self._become_reader(slot, deadline):
                 if slot.done:
                     break
-                self._abandon(msgid, slot)
+                if abandon_on_timeout:
+                    self._abandon(msgid, slot)
                 raise CallTimeout(self.name, method, timeout or 0.0)
             try:
                 self._read_until(slot, deadline)
@@ -127,7 +137,8 @@ class Connection:
                     self._reading = False
                     self._cond.notify_all()
             if not slot.done and deadline is not None and time.monotonic() >= deadline:
-                self._abandon(msgid, slot)
+                if abandon_on_timeout:
+                    self._abandon(msgid, slot)
                 raise CallTimeout(self.name, method, timeout or 0.0)
         if slot.error is not None:
             raise slot.error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import inspect
 import socket
@@ -18,6 +19,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 from . import _wire
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
+from ._rules import ruleset_to_data
 from ._supervisor import START_TIMEOUT, ChildProcess, get_zygote, new_connection
 from ._violations import Violation, ViolationLog, log
 from ._wire import Fd, PeerRef
@@ -76,10 +78,17 @@ class Definition:
     fresh: bool
     max_message: int
     learn: bool = False
+    workers: int = 1
 
     @property
     def is_class(self) -> bool:
         return inspect.isclass(self.target)
+
+    def rules_as_data(self) -> list[dict[str, object]] | None:
+        """The policy as plain data for the child; None when only the child can compute it."""
+        if callable(self.rules):
+            return None
+        return [ruleset_to_data(ruleset) for ruleset in self.rules]
 
     def parameter_names(self, method: str) -> list[str]:
         func: Any = self.target
@@ -151,6 +160,7 @@ class Supervised:
                 "args": args,
                 "kwargs": kwargs,
                 "max_message": definition.max_message,
+                "rules": definition.rules_as_data(),
             }
             try:
                 pid = zygote.spawn(spec)
@@ -314,6 +324,59 @@ async def _in_thread(call: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_aio_pool(), call)
 
 
+_background_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _background() -> concurrent.futures.ThreadPoolExecutor:
+    global _background_pool
+    with _aio_lock:
+        if _background_pool is None:
+            _background_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=32, thread_name_prefix="compartments-submit"
+            )
+        return _background_pool
+
+
+class _PendingCall(concurrent.futures.Future[Any]):
+    """A Future for a call already sent; waiting on it reads the channel."""
+
+    def __init__(
+        self, supervised: Supervised, conn: Connection, pending: Any, timeout: float | None
+    ) -> None:
+        super().__init__()
+        self._call_state = (supervised, conn, pending, timeout)
+        self._settle_lock = threading.Lock()
+
+    def _settle(self, timeout: float | None) -> None:
+        with self._settle_lock:
+            if self.done():
+                return
+            supervised, conn, pending, call_timeout = self._call_state
+            waiting_only = timeout is not None and (call_timeout is None or timeout < call_timeout)
+            try:
+                value = conn.wait(
+                    pending, "__call__", timeout if waiting_only else call_timeout,
+                    abandon_on_timeout=not waiting_only,
+                )  # fmt: skip
+            except CallTimeout as late:
+                if waiting_only:
+                    raise concurrent.futures.TimeoutError() from None
+                supervised._kill_stuck(conn, "__call__", call_timeout)
+                self.set_exception(late)
+            except BaseException as exc:
+                self.set_exception(exc)
+            else:
+                self.set_result(value)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._settle(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._settle(timeout)
+        return super().exception(0)
+
+
 class _Remote:
     """Anything that stands for a compartment and can be handed to another one."""
 
@@ -354,6 +417,7 @@ class CompartmentFunction(_Remote, Generic[P, R]):
         self._owner = owner
         self._lock = threading.Lock()
         self._supervised: Supervised | None = None
+        self._worker_set: Any = None
         functools.update_wrapper(self, definition.target)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -366,7 +430,33 @@ class CompartmentFunction(_Remote, Generic[P, R]):
                 return once.call(method, args, kwargs, self._timeout)
             finally:
                 once.close()
+        if self._definition.workers > 1:
+            return self._workers().call(method, args, kwargs, self._timeout)
         return self._supervised_instance().call(method, args, kwargs, self._timeout)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
+        """Send the call now and return a Future: many calls in flight at once.
+
+        The reply is read when someone waits on a Future (``result()``/``exception()``),
+        so collect them; the compartment still runs the calls in order, back to back.
+        """
+        if self._definition.fresh or self._definition.workers > 1:
+            return _background().submit(self._call, "__call__", args, kwargs)
+        supervised = self._supervised_instance()
+        conn = supervised.connection()
+        pending = _start_call(self._definition, conn, "__call__", args, kwargs)
+        return _PendingCall(supervised, conn, pending, self._timeout)
+
+    def _workers(self) -> Any:
+        if self._owner is not None:
+            return self._owner._workers()
+        from ._pool import REPLACE_CRASHED, WorkerSet
+
+        with self._lock:
+            if self._worker_set is None:
+                definition = dataclasses.replace(self._definition, restart=REPLACE_CRASHED)
+                self._worker_set = WorkerSet(definition, definition.workers)
+            return self._worker_set
 
     def _supervised_instance(self) -> Supervised:
         if self._owner is not None:
@@ -406,8 +496,11 @@ class CompartmentFunction(_Remote, Generic[P, R]):
             return self._owner.close()
         with self._lock:
             supervised, self._supervised = self._supervised, None
+            workers, self._worker_set = self._worker_set, None
         if supervised is not None:
             supervised.close()
+        if workers is not None:
+            workers.close()
 
     def __repr__(self) -> str:
         return f"<compartment function {self._definition.name}>"
@@ -536,6 +629,7 @@ def compartment(
     fresh: bool = False,
     max_message: int = _wire.DEFAULT_MAX_MESSAGE,
     learn: bool = False,
+    workers: int = 1,
 ) -> Callable[[Any], Any]: ...
 
 
@@ -551,12 +645,16 @@ def compartment(
     fresh: bool = False,
     max_message: int = _wire.DEFAULT_MAX_MESSAGE,
     learn: bool = False,
+    workers: int = 1,
 ) -> Any:
     """Run a module-level function or class in its own process, sealed by ``rules``.
 
     ``rules`` is a list of RuleSets (empty: pure computation), or a callable returning
     one, evaluated in the child after setup (for a class, it gets the instance), so a
     policy can name fds the setup opened.
+
+    ``workers=N`` (functions) spreads calls over N sealed processes; a crashed worker
+    fails only its own call and is replaced.
 
     ``learn=True`` is UNSAFE: denied syscalls are allowed and recorded, and
     ``learned_policy()`` (also printed to stderr at close) suggests the rules to use.
@@ -573,6 +671,10 @@ def compartment(
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if setup is not None and inspect.isclass(obj):
             raise TypeError("setup= is for function compartments; a class sets up in __init__")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        if workers > 1 and (inspect.isclass(obj) or fresh):
+            raise TypeError("workers= is for function compartments without fresh=True")
         definition = Definition(
             target=obj,
             rules=rules if callable(rules) else tuple(rules),
@@ -583,6 +685,7 @@ def compartment(
             fresh=fresh,
             max_message=max_message,
             learn=learn,
+            workers=workers,
         )
         if inspect.isclass(obj):
             return CompartmentClass(definition)

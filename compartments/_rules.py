@@ -198,3 +198,81 @@ def as_ruleset(value: object) -> RuleSet:
         f"expected a RuleSet (name, simple_rules(), conditional_rules()) or a syscall name, "
         f"got {kind}{hint}"
     )
+
+
+# -- rules as data -----------------------------------------------------------------------
+# A policy chosen at run time (a Pool's rules) travels to the child as plain msgpack data,
+# never pickled, and is rebuilt there as a DataRuleSet.
+
+
+@dataclass(frozen=True, slots=True)
+class DataRuleSet:
+    """A RuleSet rebuilt from data: same name, same rules, same Landlock grants."""
+
+    name: str
+    simple: tuple[str, ...]
+    conditional: tuple[SeccompRule, ...]
+    landlock: tuple[object, ...] = ()
+
+    def simple_rules(self) -> Sequence[str]:
+        return self.simple
+
+    def conditional_rules(self) -> Mapping[str, Sequence[SeccompRule]]:
+        table: dict[str, list[SeccompRule]] = {}
+        for rule in self.conditional:
+            table.setdefault(rule.syscall, []).append(rule)
+        return table
+
+    def landlock_rules(self) -> Sequence[object]:
+        return self.landlock
+
+
+def ruleset_to_data(value: object) -> dict[str, object]:
+    ruleset = as_ruleset(value)
+    conditional = [
+        [rule.syscall, rule.errno, [list(_comparison_fields(c)) for c in rule.conditions]]
+        for rules in ruleset.conditional_rules().values()
+        for rule in rules
+    ]
+    landlock = getattr(ruleset, "landlock_rules", lambda: ())()
+    return {
+        "name": str(ruleset.name),
+        "simple": list(ruleset.simple_rules()),
+        "conditional": conditional,
+        "landlock": [_landlock_to_data(rule) for rule in landlock],
+    }
+
+
+def ruleset_from_data(data: Mapping[str, object]) -> DataRuleSet:
+    conditional = []
+    for syscall, errno, comparisons in data["conditional"]:  # type: ignore[attr-defined]
+        conditions = tuple(Condition(Comparison(*fields)) for fields in comparisons)
+        conditional.append(SeccompRule(syscall, conditions, errno))
+    landlock = tuple(_landlock_from_data(item) for item in data["landlock"])  # type: ignore[attr-defined]
+    return DataRuleSet(
+        str(data["name"]), tuple(data["simple"]), tuple(conditional), landlock  # type: ignore[arg-type]
+    )
+
+
+def _comparison_fields(condition: Condition) -> tuple[int, int, int, int]:
+    c = condition.comparison
+    return (c.index, c.op, c.datum_a, c.datum_b)
+
+
+def _landlock_to_data(rule: object) -> list[object]:
+    from ._landlock import PathRule, PortRule
+
+    if isinstance(rule, PathRule):
+        return ["path", rule.path, rule.access, rule.ruleset, rule.missing_ok]
+    if isinstance(rule, PortRule):
+        return ["port", rule.port, rule.access, rule.ruleset]
+    raise TypeError(f"cannot send Landlock rule {rule!r}")
+
+
+def _landlock_from_data(item: list[object]) -> object:
+    from ._landlock import PathRule, PortRule
+
+    kind, *fields = item
+    if kind == "path":
+        return PathRule(*fields)  # type: ignore[arg-type]
+    return PortRule(*fields)  # type: ignore[arg-type]

@@ -1,0 +1,179 @@
+"""Sealed workers: ``Pool`` (a concurrent.futures Executor) and ``@compartment(workers=N)``.
+
+Both hand each call to a free worker; a worker that crashes fails only its own call and
+is replaced on its next one. Functions run by a Pool must be importable at module level:
+their modules are imported before the seal (``preload=``), since a sealed worker cannot
+open source files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from . import _wire
+from ._proxy import CompartmentFunction, Definition, RestartPolicy, Supervised
+
+__all__ = ["Pool", "WorkerSet"]
+
+T = TypeVar("T")
+
+#: Workers replace themselves after a crash, however often: only that call fails.
+REPLACE_CRASHED = RestartPolicy(max_restarts=sys.maxsize, backoff=0.0)
+
+
+class WorkerSet:
+    """N compartments of one definition, each serving one call at a time."""
+
+    def __init__(self, definition: Definition, workers: int, args: Sequence[Any] = ()) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self.definition = definition
+        self._workers = [Supervised(definition, args, {}) for _ in range(workers)]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(workers):
+            self._free.put(index)
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.connection()
+
+    def call(
+        self, method: str, args: Sequence[Any], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        index = self._free.get()
+        try:
+            return self._workers[index].call(method, args, kwargs, timeout)
+        finally:
+            self._free.put(index)
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [worker.pid for worker in self._workers]
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
+
+
+class _PoolWorker:
+    """What each Pool worker runs: any preloaded module-level function, by name."""
+
+    def __init__(self, preload: list[str]) -> None:
+        from ._zygote import import_target_module
+
+        for module in preload:
+            import_target_module(module)
+
+    def run(self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        from ._zygote import MAIN_ALIAS
+
+        loaded = sys.modules.get(MAIN_ALIAS if module == "__main__" else module)
+        if loaded is None:
+            raise ImportError(f"module `{module}` was not preloaded into this Pool's workers")
+        target: Any = loaded
+        for part in qualname.split("."):
+            target = getattr(target, part)
+        target = (getattr(target, "_definition", None) and target._definition.target) or target
+        return target(*args, **kwargs)
+
+
+def _locate(fn: Callable[..., Any]) -> tuple[str, str]:
+    if isinstance(fn, CompartmentFunction):
+        fn = fn._definition.target
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if not module or not qualname or "<" in qualname:
+        raise TypeError(
+            f"a Pool runs module-level functions (found by module and name), got {fn!r}"
+        )
+    return module, qualname
+
+
+class Pool(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` whose workers are sealed compartments.
+
+    ``Pool(rules=[...], workers=N)``: ``submit``, ``map`` and ``shutdown`` as usual, with
+    msgpack-native arguments and results. Workers start on the first submit and import
+    the submitted function's module (and ``preload``) before sealing.
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[Any] = (),
+        workers: int | None = None,
+        *,
+        preload: Iterable[str] = (),
+        timeout: float | None = None,
+        max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+        name: str = "Pool",
+    ) -> None:
+        count = workers if workers is not None else (os.cpu_count() or 1)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self._definition = Definition(
+            target=_PoolWorker, rules=tuple(rules), name=name, timeout=timeout,
+            restart=REPLACE_CRASHED, setup=None, fresh=False, max_message=max_message,
+        )  # fmt: skip
+        self._count = count
+        self._preload = list(preload)
+        self._workers: WorkerSet | None = None
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._dispatch = concurrent.futures.ThreadPoolExecutor(
+            max_workers=count, thread_name_prefix=f"compartments-{name}"
+        )
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        module, qualname = _locate(fn)
+        workers = self._started(module)
+        call_args = [module, qualname, list(args), kwargs]
+        return self._dispatch.submit(workers.call, "run", call_args, {}, None)
+
+    def _started(self, module: str) -> WorkerSet:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._workers is None:
+                if module not in self._preload:
+                    self._preload.append(module)
+                self._workers = WorkerSet(self._definition, self._count, [self._preload])
+                self._workers.start()
+            elif module not in self._preload:
+                raise ValueError(
+                    f"module `{module}` was not imported by this Pool's workers before they "
+                    f"were sealed; create the Pool with preload=[{module!r}, ...]"
+                )
+            return self._workers
+
+    @property
+    def pids(self) -> list[int | None]:
+        """The workers' process ids (None before the first submit)."""
+        return [] if self._workers is None else self._workers.pids
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            workers, self._workers = self._workers, None
+        if wait:
+            self._dispatch.shutdown(wait=True, cancel_futures=cancel_futures)
+            if workers is not None:
+                workers.close()
+            return
+
+        def finish_then_close() -> None:
+            self._dispatch.shutdown(wait=True, cancel_futures=cancel_futures)
+            if workers is not None:
+                workers.close()
+
+        threading.Thread(target=finish_then_close, name="compartments-pool-shutdown").start()

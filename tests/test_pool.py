@@ -1,0 +1,183 @@
+"""Sealed worker pools: Pool (an Executor), @compartment(workers=N), and submit()."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compartments import Pool, compartment
+from compartments.errors import CompartmentCrashed
+from compartments.rulesets import SystemIO, Threads
+
+SLEEP = Threads.nothing().allow_sleep().yes_really()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def whose_pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def fail_on(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"three is right out ({x})")
+    return x
+
+
+def crash_on(x: int) -> int:
+    if x == 2:
+        os._exit(7)
+    return x
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def nap(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP], workers=2)
+def spread(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@compartment(rules=[SystemIO.nothing()], workers=2)
+def spread_crash(x: int) -> int:
+    if x < 0:
+        os._exit(3)
+    return x
+
+
+@compartment(rules=[SystemIO.nothing()])
+def echo(value: object) -> object:
+    return value
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+def slow_echo(value: object) -> object:
+    time.sleep(0.3)
+    return value
+
+
+def test_pool_is_a_concurrent_futures_executor() -> None:
+    with Pool(workers=1) as pool:
+        assert isinstance(pool, concurrent.futures.Executor)
+        assert pool.submit(square, 9).result() == 81
+
+
+def test_pool_map_results_match_the_serial_order() -> None:
+    with Pool(rules=[SystemIO.nothing()], workers=2) as pool:
+        assert list(pool.map(square, range(50))) == [x * x for x in range(50)]
+
+
+def test_pool_workers_are_separate_sealed_processes(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("x")
+    with Pool(rules=[SystemIO.nothing()], workers=2) as pool:
+        assert pool.submit(whose_pid).result() != os.getpid()
+        assert len(set(pool.pids)) == 2
+        with pytest.raises(PermissionError):
+            pool.submit(read_file, str(path)).result()
+
+
+def test_pool_rules_chosen_at_run_time_are_applied(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"readable")
+    with Pool(rules=[SystemIO.nothing().allow_open_readonly().allow_read()], workers=1) as pool:
+        assert pool.submit(read_file, str(path)).result() == b"readable"
+
+
+def test_pool_propagates_an_exception_from_a_worker() -> None:
+    with Pool(workers=2) as pool:
+        futures = [pool.submit(fail_on, x) for x in range(5)]
+        with pytest.raises(ValueError, match="three is right out"):
+            futures[3].result()
+        assert [f.result() for i, f in enumerate(futures) if i != 3] == [0, 1, 2, 4]
+
+
+def test_pool_replaces_a_crashed_worker_and_only_its_call_fails() -> None:
+    with Pool(workers=2) as pool:
+        before = set(pool.submit(whose_pid).result() for _ in range(1)) | set(pool.pids)
+        futures = [pool.submit(crash_on, x) for x in range(6)]
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except CompartmentCrashed as crashed:
+                outcomes.append(type(crashed).__name__)
+        assert outcomes == [0, 1, "CompartmentCrashed", 3, 4, 5]
+        assert list(pool.map(square, range(4))) == [0, 1, 4, 9]
+        assert set(pool.pids) != before
+
+
+def test_pool_refuses_a_function_it_cannot_find_by_name() -> None:
+    with Pool(workers=1) as pool, pytest.raises(TypeError, match="module-level"):
+        pool.submit(lambda: 1)
+
+
+def test_pool_submit_after_shutdown_raises() -> None:
+    pool = Pool(workers=1)
+    pool.submit(square, 2).result()
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(square, 2)
+
+
+def test_pool_shutdown_stops_its_workers() -> None:
+    pool = Pool(workers=2)
+    pool.submit(square, 2).result()
+    pids = pool.pids
+    pool.shutdown()
+    for pid in pids:
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_pool_rejects_a_non_positive_worker_count() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Pool(workers=0)
+
+
+def test_function_with_workers_runs_calls_in_parallel() -> None:
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(spread(0.3))) for _ in range(2)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - started < 0.55
+    assert len(set(results)) == 2
+    spread.close()
+
+
+def test_crashed_worker_of_a_function_fails_only_its_call() -> None:
+    with pytest.raises(CompartmentCrashed):
+        spread_crash(-1)
+    assert [spread_crash(x) for x in range(4)] == [0, 1, 2, 3]
+    spread_crash.close()
+
+
+def test_submit_keeps_many_calls_in_flight_and_each_gets_its_reply() -> None:
+    futures = [echo.submit(i) for i in range(200)]
+    assert [f.result() for f in futures] == list(range(200))
+
+
+def test_submit_result_timeout_only_stops_waiting() -> None:
+    future = slow_echo.submit("late")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.result(timeout=0.05)
+    assert future.result(timeout=5) == "late"
