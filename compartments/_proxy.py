@@ -79,6 +79,9 @@ class Definition:
     max_message: int
     learn: bool = False
     workers: int = 1
+    report_violations: bool = True
+    #: Only for measuring the filter's own cost in bench/; no public API reaches it.
+    unsealed_for_benchmarks: bool = False
 
     @property
     def is_class(self) -> bool:
@@ -161,6 +164,8 @@ class Supervised:
                 "kwargs": kwargs,
                 "max_message": definition.max_message,
                 "rules": definition.rules_as_data(),
+                "listener": definition.report_violations,
+                "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
             }
             try:
                 pid = zygote.spawn(spec)
@@ -630,6 +635,7 @@ def compartment(
     max_message: int = _wire.DEFAULT_MAX_MESSAGE,
     learn: bool = False,
     workers: int = 1,
+    report_violations: bool = True,
 ) -> Callable[[Any], Any]: ...
 
 
@@ -646,6 +652,7 @@ def compartment(
     max_message: int = _wire.DEFAULT_MAX_MESSAGE,
     learn: bool = False,
     workers: int = 1,
+    report_violations: bool = True,
 ) -> Any:
     """Run a module-level function or class in its own process, sealed by ``rules``.
 
@@ -655,6 +662,9 @@ def compartment(
 
     ``workers=N`` (functions) spreads calls over N sealed processes; a crashed worker
     fails only its own call and is replaced.
+
+    ``report_violations=False`` answers denied syscalls with a plain EPERM in the kernel,
+    without the parent's listener (and without PolicyViolation reports).
 
     ``learn=True`` is UNSAFE: denied syscalls are allowed and recorded, and
     ``learned_policy()`` (also printed to stderr at close) suggests the rules to use.
@@ -686,6 +696,7 @@ def compartment(
             max_message=max_message,
             learn=learn,
             workers=workers,
+            report_violations=report_violations or learn,
         )
         if inspect.isclass(obj):
             return CompartmentClass(definition)

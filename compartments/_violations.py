@@ -454,7 +454,8 @@ class ViolationLog:
         self._listener_seen = True
         listener, reason = params
         if listener is None:
-            _report_fallback(str(reason))
+            if reason:  # the kernel lacks it; no reason means reports were turned off
+                _report_fallback(str(reason))
         elif isinstance(listener, Fd):
             monitor().register(listener.detach(), self.compartment, self.record, learn=self.learn)
         else:
