@@ -1,0 +1,1 @@
+"""Runnable examples of compartments; ``python -m examples.<name>`` from the repo root."""
