@@ -32,7 +32,11 @@ CHANNEL_TEARDOWN_SYSCALLS: frozenset[str] = frozenset({"shutdown", "close"})
 RECEIVE_BUFFER_SIZE = 256 * 1024
 _FD_ITEM = array.array("i").itemsize
 _ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * _FD_ITEM)
-_MSG_CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
+# Plain ints: the socket module's IntFlag members make `flags & X` a slow enum call.
+_MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000))
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
 
 class Channel:
@@ -86,7 +90,7 @@ class Channel:
         view = memoryview(data).cast("B")
         if not view:
             raise ValueError("fds need at least one byte of frame to travel with")
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))]
         with self._send_lock:
             sent = self._sock.sendmsg([view], ancillary)
             if sent < len(view):
@@ -102,7 +106,7 @@ class Channel:
             self._buffers, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC
         )
         fds = _received_fds(ancdata) if ancdata else []
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             _close_quietly(fds)
             raise ProtocolError(
                 f"`{self.name}` sent more than {MAX_FDS_PER_FRAME} fds in one frame"
@@ -158,7 +162,7 @@ def socketpair(
 def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             received = array.array("i")
             received.frombytes(data[: len(data) - len(data) % _FD_ITEM])
             fds.extend(received)

@@ -82,9 +82,7 @@ def format_exception_only(exc: BaseException) -> str:
     return text
 
 
-def _format_chain(
-    exc: BaseException, lines: list[str], seen: set[int], group_depth: int
-) -> None:
+def _format_chain(exc: BaseException, lines: list[str], seen: set[int], group_depth: int) -> None:
     # Oldest first, like the interpreter: walk the chain back, then print forwards.
     chain: list[tuple[BaseException, str]] = []
     current: BaseException | None = exc
@@ -104,9 +102,7 @@ def _format_chain(
         lines.append(header)
 
 
-def _format_single(
-    exc: BaseException, lines: list[str], seen: set[int], group_depth: int
-) -> None:
+def _format_single(exc: BaseException, lines: list[str], seen: set[int], group_depth: int) -> None:
     if exc.__traceback__ is not None:
         lines.append("Traceback (most recent call last):\n")
         lines.extend(_format_frames(exc.__traceback__))

@@ -20,7 +20,7 @@ import socket
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any, NamedTuple, NoReturn, Protocol
 
 import msgpack
@@ -231,16 +231,12 @@ def _fast_default(obj: object) -> object:
 _packers = threading.local()
 
 
-def _pack(obj: object) -> bytes:
-    # A Packer per thread: half the cost of msgpack.packb, which builds one per call.
-    try:
-        packer = _packers.packer
-    except AttributeError:
-        packer = _packers.packer = msgpack.Packer(
-            use_bin_type=True, default=_fast_default, datetime=False
-        )
-    data: bytes = packer.pack(obj)
-    return data
+def _thread_packer() -> Any:
+    """A Packer per thread: half the cost of ``msgpack.packb``, which builds one per call."""
+    packer = _packers.packer = msgpack.Packer(
+        use_bin_type=True, default=_fast_default, datetime=False
+    )
+    return packer
 
 
 def _pack_collecting_fds(obj: object) -> tuple[bytes, list[int]]:
@@ -264,19 +260,8 @@ def _pack_collecting_fds(obj: object) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _encode(
-    frame: list[Any], explain: Callable[[], Exception | None]
-) -> tuple[bytes, list[int]]:
-    try:
-        return _pack(frame), []
-    except _CarriesFds:
-        pass
-    except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, explain())
-    try:
-        return _pack_collecting_fds(frame)
-    except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, explain())
+# The three encoders repeat their fast path inline: a shared helper taking a closure
+# for the error wording costs more than the packing itself.
 
 
 def encode_request(
@@ -287,44 +272,79 @@ def encode_request(
     ``names`` (the parameter names, aligned with ``params``) are used only to word
     the ``TypeError``/``OverflowError`` raised for an argument that cannot cross.
     """
-    _check_msgid(msgid)
-    _check_method(method)
-    return _encode(
-        [REQUEST, msgid, method, params],
-        lambda: _explain_arguments(method, params, names),
-    )
+    if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
+        _bad_msgid(msgid)
+    if type(method) is not str or not 0 < len(method) <= MAX_METHOD_LENGTH:
+        _bad_method(method)
+    frame = [REQUEST, msgid, method, params]
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _thread_packer()
+    try:
+        return packer.pack(frame), []
+    except _CarriesFds:
+        pass
+    except (TypeError, ValueError, OverflowError) as exc:
+        _raise_unencodable(exc, _explain_arguments(method, params, names))
+    try:
+        return _pack_collecting_fds(frame)
+    except (TypeError, ValueError, OverflowError) as exc:
+        _raise_unencodable(exc, _explain_arguments(method, params, names))
 
 
 def encode_response(
     msgid: int, error: Mapping[str, Any] | None, result: Any, *, method: str = ""
 ) -> tuple[bytes, list[int]]:
     """``[1, msgid, error, result]``; ``method`` only words the error for a bad result."""
-    _check_msgid(msgid)
-    return _encode(
-        [RESPONSE, msgid, error, result],
-        lambda: _explain_value(result, _result_label(method), "result"),
-    )
+    if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
+        _bad_msgid(msgid)
+    frame = [RESPONSE, msgid, error, result]
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _thread_packer()
+    try:
+        return packer.pack(frame), []
+    except _CarriesFds:
+        pass
+    except (TypeError, ValueError, OverflowError) as exc:
+        _raise_unencodable(exc, _explain_value(result, _result_label(method), "result"))
+    try:
+        return _pack_collecting_fds(frame)
+    except (TypeError, ValueError, OverflowError) as exc:
+        _raise_unencodable(exc, _explain_value(result, _result_label(method), "result"))
 
 
 def encode_notification(
     method: str, params: Sequence[Any], *, names: Sequence[str] | None = None
 ) -> tuple[bytes, list[int]]:
     """``[2, method, params]``: a call that expects no reply."""
-    _check_method(method)
-    return _encode(
-        [NOTIFICATION, method, params],
-        lambda: _explain_arguments(method, params, names),
-    )
-
-
-def _check_msgid(msgid: int) -> None:
-    if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
-        raise ValueError(f"msgid must be an int in 0..{MAX_MSGID}, got {msgid!r}")
-
-
-def _check_method(method: str) -> None:
     if type(method) is not str or not 0 < len(method) <= MAX_METHOD_LENGTH:
-        raise ValueError(f"method must be a str of 1..{MAX_METHOD_LENGTH} chars, got {method!r}")
+        _bad_method(method)
+    frame = [NOTIFICATION, method, params]
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _thread_packer()
+    try:
+        return packer.pack(frame), []
+    except _CarriesFds:
+        pass
+    except (TypeError, ValueError, OverflowError) as exc:
+        _raise_unencodable(exc, _explain_arguments(method, params, names))
+    try:
+        return _pack_collecting_fds(frame)
+    except (TypeError, ValueError, OverflowError) as exc:
+        _raise_unencodable(exc, _explain_arguments(method, params, names))
+
+
+def _bad_msgid(msgid: object) -> NoReturn:
+    raise ValueError(f"msgid must be an int in 0..{MAX_MSGID}, got {msgid!r}")
+
+
+def _bad_method(method: object) -> NoReturn:
+    raise ValueError(f"method must be a str of 1..{MAX_METHOD_LENGTH} chars, got {method!r}")
 
 
 # ------------------------------------------------- naming an unencodable value
@@ -590,6 +610,8 @@ class FrameDecoder:
                 else:
                     self._reject(obj)
                 end = unpacker.tell()
+                if end - self._frame_start > self.max_message:
+                    raise self._fail(f"frame exceeds max_message ({self.max_message} bytes)")
                 if self._frame_batch is not None or self._batches:
                     self._finish_frame(end)
                 self._frame_fds = []  # the message owns them now
