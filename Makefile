@@ -25,5 +25,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+soak: $(STAMP)
+	COMPARTMENTS_SOAK=1 $(PY) -m pytest -m soak -s --timeout=1800
+
+fuzz: $(STAMP)
+	COMPARTMENTS_FUZZ_EXAMPLES=$${COMPARTMENTS_FUZZ_EXAMPLES:-20000} $(PY) -m pytest -m fuzz --timeout=0 --hypothesis-show-statistics
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
