@@ -18,6 +18,7 @@ from . import _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
+from ._isolate import drop_capabilities
 from ._rules import ruleset_from_data
 from ._server import Server
 from ._wire import Fd, PeerRef
@@ -266,6 +267,8 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         try:
             compartment.set_up(list(spec.get("args", [])), dict(spec.get("kwargs", {})))
             _warm_sources(compartment.target)
+            # Setup may have needed root's powers (a low port); the sealed code never does.
+            drop_capabilities()
             if spec.get("unsealed_for_benchmarks") is True:
                 primary.send(*_wire.encode_notification("$listener", [None, ""]))
             else:

@@ -450,7 +450,7 @@ def _pivot_into(root: str, pivot_root_nr: int) -> None:
     os.chdir("/")
 
 
-def _drop_capabilities() -> None:
+def drop_capabilities() -> None:
     """Empty the bounding and ambient sets (best effort), then capset to nothing."""
     for cap in range(64):
         if _prctl(_PR_CAPBSET_DROP, cap) < 0 and ctypes.get_errno() == errno.EINVAL:
@@ -464,7 +464,7 @@ def _drop_capabilities() -> None:
 def _worker(control: int, call: Callable[[], object]) -> NoReturn:
     """pid 2: shed privileges, run the callable, send its value."""
     try:
-        _drop_capabilities()
+        drop_capabilities()
         set_no_new_privs()
     except BaseException as exc:
         _send_error(control, exc, "drop privileges")

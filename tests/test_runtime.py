@@ -338,6 +338,14 @@ def test_compartment_runs_with_no_new_privs_and_a_filter() -> None:
     assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
 
 
+def test_compartment_holds_no_capabilities_after_the_seal() -> None:
+    describe(b"")
+    status = Path(f"/proc/{describe.pid}/status").read_text()
+    assert "CapEff:\t0000000000000000" in status
+    assert "CapPrm:\t0000000000000000" in status
+    assert "CapBnd:\t0000000000000000" in status
+
+
 def test_compartment_holds_only_stdio_and_its_channel() -> None:
     leaked = open(__file__)
     try:

@@ -13,12 +13,30 @@ __all__ = ["Networking"]
 IO = (
     "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
     "epoll_pwait2", "select", "pselect6", "poll", "ppoll", "accept", "accept4", "eventfd",
-    "eventfd2", "fcntl", "ioctl", "getsockopt", "setsockopt", "getpeername", "getsockname",
+    "eventfd2", "getsockopt", "setsockopt", "getpeername", "getsockname",
     "shutdown", "close",
 )  # fmt: skip
 READ = ("listen", "recvfrom", "recvmsg", "recvmmsg", "read", "readv", "preadv", "preadv2")
 WRITE = ("sendto", "sendmsg", "sendmmsg", "sendfile", "write", "writev", "pwritev", "pwritev2")
 RUNNING = IO + READ + WRITE
+
+# fcntl/ioctl only with the commands sockets use. extrasafe allows any command, which
+# lets a compromised server arm F_SETOWN/F_SETSIG + O_ASYNC (the kernel then signals,
+# even SIGKILLs, another process of its uid) or reach device ioctls (SIOCSIF* with
+# CAP_NET_ADMIN, TIOCSTI on a terminal).
+_F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL = 1, 2, 3, 4
+_O_ASYNC = 0o20000
+_TCGETS, _FIONREAD, _TIOCOUTQ, _FIONBIO, _FIONCLEX, _FIOCLEX = (
+    0x5401, 0x541B, 0x5411, 0x5421, 0x5450, 0x5451,
+)  # fmt: skip
+SOCKET_COMMANDS = [
+    *(SeccompRule("fcntl").and_condition(Arg(1, bits=32) == command)
+      for command in (_F_GETFD, _F_SETFD, _F_GETFL)),
+    SeccompRule("fcntl").and_condition(Arg(1, bits=32) == _F_SETFL)
+    .and_condition(Arg(2) & _O_ASYNC == 0),
+    *(SeccompRule("ioctl").and_condition(Arg(1, bits=32) == command)
+      for command in (_TCGETS, _FIONREAD, _TIOCOUTQ, _FIONBIO, _FIONCLEX, _FIOCLEX)),
+]  # fmt: skip
 
 # CPython ORs these into every socket type it creates.
 _TYPE_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -65,19 +83,19 @@ class Networking(BuiltinRuleSet):
 
     def allow_running_tcp_servers(self) -> Networking:
         """accept/recv/send/close on sockets already bound before sealing."""
-        return self._with(simple=RUNNING)
+        return self._with(simple=RUNNING, conditional=SOCKET_COMMANDS)
 
     def allow_running_tcp_clients(self) -> Networking:
-        return self._with(simple=RUNNING)
+        return self._with(simple=RUNNING, conditional=SOCKET_COMMANDS)
 
     def allow_running_udp_sockets(self) -> Networking:
-        return self._with(simple=RUNNING)
+        return self._with(simple=RUNNING, conditional=SOCKET_COMMANDS)
 
     def allow_running_unix_servers(self) -> Networking:
-        return self._with(simple=RUNNING)
+        return self._with(simple=RUNNING, conditional=SOCKET_COMMANDS)
 
     def allow_running_unix_clients(self) -> Networking:
-        return self._with(simple=RUNNING)
+        return self._with(simple=RUNNING, conditional=SOCKET_COMMANDS)
 
     def allow_start_tcp_clients(self) -> Networking:
         """Create TCP sockets (IPv4/IPv6) and connect them."""

@@ -48,7 +48,6 @@ NOT_EPERM = {
 #: (extrasafe's semantics). A compromised network compartment can therefore arm SIGIO
 #: with F_SETOWN/F_SETSIG (the kernel then sends SIGKILL to any same-uid process, the
 #: parent included) and issue socket ioctls (SIOCSIF* with root's CAP_NET_ADMIN).
-WEB_KNOWN_GAPS = {"signal_by_sigio", "device_ioctls"}
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +115,6 @@ def test_attack_fails_and_the_compartment_keeps_answering(
     kind: str,
     attack: str,
 ) -> None:
-    if kind == "web" and attack in WEB_KNOWN_GAPS:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="Networking running grants fcntl/ioctl: docs/threat-model.md"
-            )
-        )
     subject = compartments[kind]
     pid = subject.ping()
     ctx["own"] = subject.fds_at_seal()
@@ -219,7 +212,7 @@ def test_x32_syscall_numbers_kill_rather_than_bypass(compartments: dict[str, Any
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("web", marks=pytest.mark.xfail(strict=True, reason="known gap: fcntl")),
+        "web",
         "db",
         "parser",
     ],
