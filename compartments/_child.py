@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import _traceback, _wire
+from . import _largebytes, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
@@ -263,6 +263,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             (v.fd if isinstance(v, PeerRef) else v).fileno() for v in _fd_carriers(arguments)
         )
         _close_all_but(keep)
+        _largebytes.reader = _largebytes.read_by_mmap  # sealed: no pread, mmap is allowed
         compartment = _Compartment(spec, primary)
         try:
             compartment.set_up(list(spec.get("args", [])), dict(spec.get("kwargs", {})))

@@ -58,6 +58,7 @@ class Connection:
     ) -> None:
         self.channel = channel
         self.name = name
+        self.max_message = max_message
         self._decoder = FrameDecoder(max_message=max_message, name=name)
         self._on_notification = on_notification
         self._explain_failure = explain_failure
@@ -99,6 +100,11 @@ class Connection:
     ) -> tuple[int, _Slot]:
         msgid = next(self._ids) & _wire.MAX_MSGID
         data, fds = _wire.encode_request(msgid, method, params, names=names)
+        if len(data) > self.max_message:
+            raise ValueError(
+                f"call `{method}` to `{self.name}` is a {len(data)}-byte frame, over the "
+                f"compartment's max_message of {self.max_message} bytes"
+            )
         slot = _Slot()
         with self._cond:
             if self._failure is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
-from . import _wire
+from . import _largebytes, _wire
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._rules import ruleset_to_data
@@ -255,11 +255,14 @@ def _start_call(
     args: Sequence[Any],
     kwargs: dict[str, Any],
 ) -> Any:
+    args, kwargs, offloaded = _largebytes.offload(args, kwargs)
     try:
-        return conn.start_call(method, [list(args), kwargs])
+        return conn.start_call(method, [args, kwargs])
     except (TypeError, OverflowError):
         _check_arguments(definition, method, args, kwargs)
         raise
+    finally:
+        _largebytes.close_all(offloaded)  # sent (or not): the receiver has its own copy
 
 
 def _check_arguments(

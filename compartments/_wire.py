@@ -25,6 +25,7 @@ from typing import IO, Any, NamedTuple, NoReturn, Protocol
 
 import msgpack
 
+from . import _largebytes
 from ._traceback import format_exception
 from .errors import ProtocolError, RemoteError
 
@@ -62,6 +63,8 @@ MAX_TRACEBACK_CHARS = 64 * 1024
 
 EXT_FD = 1
 EXT_PEER = 2
+EXT_MEMFD = 3
+_MEMFD = struct.Struct("!IQ")  # fd index, byte count
 _FD_INDEX = struct.Struct("!I")
 # Feeding in slices keeps the unpacker buffer at max_message + one slice.
 _FEED_SLICE = 2**20
@@ -223,7 +226,7 @@ class _CarriesFds(Exception):
 
 
 def _fast_default(obj: object) -> object:
-    if isinstance(obj, (Fd, PeerRef)):
+    if isinstance(obj, (Fd, PeerRef, _largebytes.LargeBytes)):
         raise _CarriesFds
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
 
@@ -250,6 +253,9 @@ def _pack_collecting_fds(obj: object) -> tuple[bytes, list[int]]:
             fds.append(value.fd.fileno())
             payload = _FD_INDEX.pack(len(fds) - 1) + value.name.encode("utf-8")
             return msgpack.ExtType(EXT_PEER, payload)
+        if isinstance(value, _largebytes.LargeBytes):
+            fds.append(value.fd)
+            return msgpack.ExtType(EXT_MEMFD, _MEMFD.pack(len(fds) - 1, value.size))
         raise TypeError(f"can not serialize {type(value).__name__!r} object")
 
     data: bytes = msgpack.packb(obj, use_bin_type=True, default=default, datetime=False)
@@ -694,7 +700,24 @@ class FrameDecoder:
                 raise self._fail(f"PeerRef name longer than {MAX_NAME_LENGTH} chars")
             fd = self._claim_fd(_FD_INDEX.unpack_from(payload)[0])
             return PeerRef(fd, name)
+        if code == EXT_MEMFD:
+            return self._large_bytes(payload)
         raise self._fail(f"unknown extension type {code}")
+
+    def _large_bytes(self, payload: bytes) -> bytes:
+        if len(payload) != _MEMFD.size:
+            raise self._fail(f"memfd extension of {len(payload)} bytes")
+        index, size = _MEMFD.unpack(payload)
+        if size > self.max_message:
+            raise self._fail(f"memfd payload of {size} bytes exceeds max_message")
+        with self._claim_fd(index) as fd:
+            try:
+                data = _largebytes.reader(fd.fileno(), size)
+            except OSError as exc:
+                raise self._fail(f"unreadable memfd payload: {exc}") from None
+        if len(data) != size:
+            raise self._fail(f"memfd held {len(data)} bytes, {size} were announced")
+        return data
 
     def _claim_fd(self, index: int) -> Fd:
         batch = self._frame_batch

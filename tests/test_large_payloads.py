@@ -1,0 +1,113 @@
+"""Large payloads: bytes above a threshold travel as a sealed memfd, hostile ones fail."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgpack
+import pytest
+
+from compartments import _largebytes, _wire, compartment
+from compartments.errors import ProtocolError
+from compartments.rulesets import SystemIO
+
+EIGHT_MIB = 8 << 20
+
+
+@compartment(rules=[SystemIO.nothing()], max_message=32 << 20)
+def digest(payload: bytes, tail: int = 4) -> list[Any]:
+    return [len(payload), payload[:tail], payload[-tail:]]
+
+
+@compartment(rules=[SystemIO.nothing()], max_message=1 << 20)
+def small_limit(payload: bytes) -> int:
+    return len(payload)
+
+
+def test_large_bytes_arrive_intact_in_a_sealed_compartment() -> None:
+    payload = os.urandom(EIGHT_MIB)
+    assert digest(payload) == [EIGHT_MIB, payload[:4], payload[-4:]]
+    assert digest.violations == []  # read with mmap: nothing outside the base set
+
+
+def test_large_keyword_bytes_arrive_intact() -> None:
+    payload = os.urandom(EIGHT_MIB)
+    assert digest(payload=payload, tail=2) == [EIGHT_MIB, payload[:2], payload[-2:]]
+
+
+def test_large_bytes_travel_as_a_memfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    original = _largebytes._to_memfd
+
+    def spy(data: bytes) -> _largebytes.LargeBytes:
+        large = original(data)
+        made.append(large.size)
+        return large
+
+    monkeypatch.setattr(_largebytes, "_to_memfd", spy)
+    digest(os.urandom(EIGHT_MIB))
+    digest(b"small")
+    assert made == [EIGHT_MIB]
+
+
+def test_the_parent_closes_its_memfd_after_sending() -> None:
+    digest(b"warm")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        digest(os.urandom(EIGHT_MIB))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_call_over_max_message_is_a_value_error_at_the_call_site() -> None:
+    with pytest.raises(ValueError, match="over the compartment's max_message"):
+        small_limit(b"x" * (2 << 20))
+    assert small_limit(b"still works") == 11
+
+
+def _memfd_frame(content: bytes, announced: int) -> tuple[bytes, int]:
+    fd = os.memfd_create("hostile")
+    os.write(fd, content)
+    frame = msgpack.packb(
+        [1, 7, None, msgpack.ExtType(_wire.EXT_MEMFD, _wire._MEMFD.pack(0, announced))],
+        use_bin_type=True,
+    )
+    return frame, fd
+
+
+def test_memfd_shorter_than_announced_is_a_protocol_error() -> None:
+    frame, fd = _memfd_frame(b"ten bytes!", announced=100)
+    decoder = _wire.FrameDecoder(name="hostile")
+    with pytest.raises(ProtocolError, match="10 bytes, 100 were announced"):
+        decoder.feed(frame, [fd])
+        decoder.next_message()
+
+
+def test_memfd_over_max_message_is_a_protocol_error() -> None:
+    frame, fd = _memfd_frame(b"x", announced=1 << 40)
+    decoder = _wire.FrameDecoder(max_message=1 << 20, name="hostile")
+    with pytest.raises(ProtocolError, match="exceeds max_message"):
+        decoder.feed(frame, [fd])
+        decoder.next_message()
+
+
+def test_a_pipe_posing_as_a_memfd_is_a_protocol_error() -> None:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    frame = msgpack.packb(
+        [1, 7, None, msgpack.ExtType(_wire.EXT_MEMFD, _wire._MEMFD.pack(0, 5))],
+        use_bin_type=True,
+    )
+    decoder = _wire.FrameDecoder(name="hostile")
+    with pytest.raises(ProtocolError, match="memfd"):
+        decoder.feed(frame, [read_end])
+        decoder.next_message()
+
+
+def test_a_received_memfd_is_sealed_against_shrinking() -> None:
+    large = _largebytes._to_memfd(b"y" * 10)
+    try:
+        with pytest.raises(PermissionError):
+            os.ftruncate(large.fd, 1)
+    finally:
+        os.close(large.fd)
