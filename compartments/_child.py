@@ -217,8 +217,9 @@ class _Compartment:
                 raise PermissionError(f"`{method}` may only come from the parent")
             return self._control(method, params)
         args, kwargs = _split_params(method, params)
-        args = [_with_peers(a, self.max_message) for a in args]
-        kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
+        if args or kwargs:
+            args = [_with_peers(a, self.max_message) for a in args]
+            kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
         if self.instance is None:
             if method != "__call__":
                 raise AttributeError(f"function compartment `{self.name}` has only __call__")

@@ -67,6 +67,7 @@ class Connection:
         self._abandoned: deque[int] = deque(maxlen=_ABANDONED_MEMORY)
         self._cond = threading.Condition(threading.Lock())
         self._reading = False
+        self._waiters = 0  # threads in _cond.wait(): notify only when someone listens
         self._failure: BaseException | None = None
         self.calls_started = 0
         self.responses_seen = 0
@@ -141,7 +142,8 @@ class Connection:
             finally:
                 with self._cond:
                     self._reading = False
-                    self._cond.notify_all()
+                    if self._waiters:
+                        self._cond.notify_all()
             if not slot.done and deadline is not None and time.monotonic() >= deadline:
                 if abandon_on_timeout:
                     self._abandon(msgid, slot)
@@ -165,7 +167,11 @@ class Connection:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._waiters += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiters -= 1
             if slot.done:
                 return False
             self._reading = True
@@ -226,7 +232,8 @@ class Connection:
             else:
                 slot.value = response.result
             slot.done = True
-            self._cond.notify_all()
+            if self._waiters:
+                self._cond.notify_all()
 
     # -- failing ---------------------------------------------------------------------
 

@@ -87,6 +87,8 @@ _AT_RECURSIVE = 0x8000
 _NR_MOUNT_SETATTR = 442  # unified number
 
 _PR_SET_PDEATHSIG = 1
+_PR_GET_DUMPABLE = 3
+_PR_SET_DUMPABLE = 4
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -313,6 +315,29 @@ def _write_file(path: str, text: str) -> None:
         file.write(text)
 
 
+def _namespace_flags(network: bool) -> int:
+    return (_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS
+            | (0 if network else _CLONE_NEWNET))
+
+
+def _write_id_maps(uid: int, gid: int) -> None:
+    """Map 0 inside to ``uid``/``gid`` outside (setgroups denied).
+
+    A non-dumpable process's /proc/self files belong to the host's root, so an
+    unprivileged caller could not write its own maps: be dumpable just for the writes.
+    """
+    dumpable = _prctl(_PR_GET_DUMPABLE)
+    if dumpable != 1:
+        _prctl(_PR_SET_DUMPABLE, 1)
+    try:
+        _write_file("/proc/self/setgroups", "deny")
+        _write_file("/proc/self/uid_map", f"0 {uid} 1")
+        _write_file("/proc/self/gid_map", f"0 {gid} 1")
+    finally:
+        if dumpable != 1:
+            _prctl(_PR_SET_DUMPABLE, 0)
+
+
 def _outer(plan: _Plan, caller: int, control: int, stdout: int, stderr: int,
            call: Callable[[], object]) -> NoReturn:
     """First child: unshare, map ids, fork init and pass on its fate."""
@@ -324,14 +349,10 @@ def _outer(plan: _Plan, caller: int, control: int, stdout: int, stderr: int,
             os.dup2(stderr, 2)
         _close_fds_except({0, 1, 2, control, *plan.pass_fds})
         uid, gid = os.getuid(), os.getgid()
-        flags = (_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWIPC
-                 | _CLONE_NEWUTS | (0 if plan.network else _CLONE_NEWNET))
         stage = "unshare"
-        _check(_libc.unshare(flags), "unshare")
+        _check(_libc.unshare(_namespace_flags(plan.network)), "unshare")
         stage = "uid/gid map"
-        _write_file("/proc/self/setgroups", "deny")
-        _write_file("/proc/self/uid_map", f"0 {uid} 1")
-        _write_file("/proc/self/gid_map", f"0 {gid} 1")
+        _write_id_maps(uid, gid)
         stage = "fork init"
         init = os.fork()
         if init == 0:

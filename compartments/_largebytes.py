@@ -53,6 +53,8 @@ def _maybe(value: Any, made: list[LargeBytes]) -> Any:
 def offload(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[LargeBytes]]:  # noqa: E501
     """Replace large top-level bytes arguments by memfds; close them once sent."""
     made: list[LargeBytes] = []
+    if not args and not kwargs:
+        return [], kwargs, made
     new_args = [_maybe(value, made) for value in args]
     new_kwargs = {key: _maybe(value, made) for key, value in kwargs.items()} if kwargs else kwargs
     return new_args, new_kwargs, made

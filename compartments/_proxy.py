@@ -130,6 +130,9 @@ class Supervised:
     # -- lifecycle ---------------------------------------------------------------------
 
     def connection(self) -> Connection:
+        conn = self._connection  # the common case needs no lock: a live child
+        if conn is not None and conn.failure is None and not self._closed:
+            return conn
         with self._lock:
             if self._closed:
                 raise CompartmentClosed(f"compartment `{self.name}` is closed")
@@ -282,6 +285,8 @@ def _broker_peers(
     receiver: str, args: Sequence[Any], kwargs: dict[str, Any]
 ) -> tuple[list[Any], dict[str, Any], list[socket.socket]]:
     """Replace each compartment argument by a fresh direct channel to it."""
+    if not args and not kwargs:
+        return [], kwargs, []
     if not any(isinstance(v, _Remote) for v in (*args, *kwargs.values())):
         return list(args), kwargs, []
     brokered: list[socket.socket] = []
