@@ -244,9 +244,9 @@ class _Compartment:
 def _split_params(method: str, params: list[Any]) -> tuple[list[Any], dict[str, Any]]:
     if (
         len(params) != 2
-        or not isinstance(params[0], list)
-        or not isinstance(params[1], dict)
-        or not all(isinstance(k, str) for k in params[1])
+        or type(params[0]) is not list
+        or type(params[1]) is not dict
+        or (params[1] and not all(type(k) is str for k in params[1]))
     ):
         raise TypeError(f"call `{method}`: params must be [args list, kwargs map]")
     return params[0], params[1]

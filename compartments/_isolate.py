@@ -34,6 +34,7 @@ import io
 import os
 import platform
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -512,6 +513,98 @@ def _worker(control: int, call: Callable[[], object]) -> NoReturn:
     os._exit(code)
 
 
+# --- entering: the calling process itself moves in (a compartment) ------------------
+#
+# ``Isolate.enter`` is for a process that must *keep running* isolated, e.g. a
+# compartment's RPC server, rather than return one value.  CLONE_NEWPID only applies to
+# children, so three processes take part, as in ``run``:
+#
+# * the **shim** is the process that called ``enter``: whoever supervises it (by pid or
+#   pidfd) keeps supervising it.  It unshares, maps ids, forks ``init``, closes every fd
+#   and waits; then it exits the way the isolated process did, dying of the same signal
+#   if it was killed.  Any fatal signal sent to the shim (SIGKILL on a timeout) kills
+#   init through PDEATHSIG, and init's death kills everything in the namespace.
+# * **init** (pid 1) only reaps, and reports the isolated process's wait status to the
+#   shim through a pipe (pid 1 cannot die of a signal it sends itself).
+# * the **isolated process** (pid 2), forked from init, builds the root, pivots into it
+#   and returns from ``enter``: the caller's code continues there with its fds intact
+#   (``keep_fds``), still holding every capability of the new user namespace.  Being
+#   pid 2 keeps the usual signal rules (pid 1 ignores its own SIGKILL, abort()...).
+
+
+def _exit_like(status: int) -> NoReturn:
+    """End this process the way the process with wait status ``status`` ended."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL/SIGSTOP have no handler
+            signal.signal(signum, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # a signal whose default action is not to terminate
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else _SETUP_FAILED)
+
+
+def _shim(init: int, status_r: int, status_w: int) -> NoReturn:
+    """The entering process, outside the PID namespace: wait, then end like pid 2."""
+    try:
+        os.close(status_w)
+        _close_fds_except({status_r})
+        with contextlib.suppress(OSError, ValueError):
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # mirroring SIGSEGV dumps nothing
+        _, init_status = os.waitpid(init, 0)
+        os.set_blocking(status_r, False)
+        try:
+            report = os.read(status_r, _STATUS_SIZE)
+        except BlockingIOError:
+            report = b""
+        status = struct.unpack("<i", report)[0] if len(report) == _STATUS_SIZE else init_status
+    except BaseException:
+        os._exit(_SETUP_FAILED)
+    _exit_like(status)
+
+
+_STATUS_SIZE = 4
+
+
+def _entered_init(status_r: int, status_w: int) -> None:
+    """pid 1: fork the isolated process (which returns) and reap until it ends."""
+    try:
+        os.close(status_r)
+        _die_with_parent(None)  # the shim is outside our PID namespace: getppid() == 0
+        poller = select.poll()
+        poller.register(status_w, select.POLLOUT)
+        if any(event & select.POLLERR for _, event in poller.poll(0)):
+            os._exit(_SETUP_FAILED)  # the shim died before PDEATHSIG was armed
+        worker = os.fork()
+    except BaseException:
+        os._exit(_SETUP_FAILED)
+    if worker == 0:
+        os.close(status_w)
+        return
+    try:
+        _close_fds_except({status_w})
+        status = _reap_until(worker)
+        _send_status(status_w, status)
+    except BaseException:
+        os._exit(_SETUP_FAILED)
+    os._exit(0)
+
+
+def _send_status(fd: int, status: int) -> None:
+    os.write(fd, struct.pack("<i", status))
+
+
+def _undo_mount_point(root: str, parent_fd: int) -> None:
+    """Remove the host directory the tmpfs was mounted on, from inside."""
+    with contextlib.suppress(OSError):  # still mounted: setup failed before pivot_root
+        _check(_libc.umount2(os.fsencode(root), _MNT_DETACH), "umount")
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.basename(root), dir_fd=parent_fd)
+
+
 # --- the caller's side --------------------------------------------------------------
 
 
@@ -571,6 +664,118 @@ class Isolate:
         self.pass_fds = tuple(pass_fds)
         self.capture_output = capture_output
         self.timeout = timeout
+
+    def to_data(self) -> dict[str, object]:
+        """What :meth:`enter` needs, as msgpack-native data (see :meth:`from_data`)."""
+        return {
+            "tmpfs_size": self.tmpfs_size,
+            "binds": [[bind.src, bind.dst, bind.writable] for bind in self.binds],
+            "network": self.network,
+            "proc": self.proc,
+            "hostname": self.hostname,
+            "runtime": list(self.runtime),
+            "devices": self.devices,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, object]) -> Isolate:
+        """Rebuild an Isolate from :meth:`to_data` (bind sources are checked again)."""
+        def field(key: str, kind: type) -> object:
+            value = data.get(key)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise TypeError(f"isolate data: {key!r} must be a {kind.__name__}, "
+                                f"got {value!r}")
+            return value
+
+        binds = []
+        for item in field("binds", list):  # type: ignore[attr-defined]
+            if not (isinstance(item, list) and len(item) == 3
+                    and isinstance(item[0], str) and isinstance(item[1], str)
+                    and isinstance(item[2], bool)):
+                raise TypeError(f"isolate data: bad bind {item!r}")
+            binds.append(Bind(item[0], item[1], item[2]))
+        runtime = field("runtime", list)
+        if not all(isinstance(path, str) for path in runtime):  # type: ignore[attr-defined]
+            raise TypeError("isolate data: runtime paths must be strings")
+        isolate = cls(tmpfs_size=str(field("tmpfs_size", str)), binds=binds,
+                      network=bool(field("network", bool)), proc=bool(field("proc", bool)),
+                      hostname=str(field("hostname", str)), runtime=False,
+                      devices=bool(field("devices", bool)))
+        isolate.runtime = tuple(runtime)  # type: ignore[call-overload]
+        return isolate
+
+    def enter(self, keep_fds: Iterable[int] = ()) -> None:
+        """Move the calling process into the isolated environment and return there.
+
+        Afterwards the caller runs as pid 2 of new user (uid/gid 0 inside, mapped to
+        its own), mount, PID, IPC, UTS (and network) namespaces, rooted on the tmpfs
+        with the binds; every fd but 0, 1, 2 and ``keep_fds`` is closed.  It still has
+        all capabilities *of the new user namespace* (e.g. to bind a low port in its
+        own network namespace): drop them with :func:`drop_capabilities` before
+        running untrusted code.  The calling process itself becomes a shim that
+        waits and then exits as the isolated process did (same code, same signal);
+        killing the shim kills the whole namespace.  Only modules already imported
+        (or under the ``runtime``/bind paths) can be imported afterwards.
+
+        Must be called single-threaded.  Raises :class:`UnsupportedError` where user
+        namespaces are unavailable and :class:`IsolateSetupError` when building the
+        root fails (then inside already, in the pid-2 process).
+        """
+        pivot_root_nr = _NR_PIVOT_ROOT.get(platform.machine())
+        if pivot_root_nr is None:
+            raise UnsupportedError(f"Isolate does not know pivot_root on {platform.machine()}")
+        keep = {0, 1, 2, *keep_fds, *self.pass_fds}
+        uid, gid = os.getuid(), os.getgid()
+        root = tempfile.mkdtemp(prefix="compartments-isolate-")
+        plan = _Plan(root, self.tmpfs_size, self.runtime, self.binds, self.devices,
+                     self.proc, self.hostname, self.network, tuple(keep), False,
+                     pivot_root_nr)
+        opened: list[int] = []
+        try:
+            opened.append(os.open(os.path.dirname(root), os.O_PATH | os.O_DIRECTORY
+                                  | os.O_CLOEXEC))
+            status_r, status_w = os.pipe()
+            opened += [status_r, status_w]
+            if _libc.unshare(_namespace_flags(self.network)) < 0:
+                err = ctypes.get_errno()
+                hint = " (the process has other threads)" if err == errno.EINVAL else ""
+                raise UnsupportedError(err, f"unshare: {os.strerror(err)}{hint}")
+            try:
+                _write_id_maps(uid, gid)
+            except OSError as exc:
+                raise IsolateSetupError(exc.errno or errno.EPERM, f"uid/gid map: {exc}") from exc
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            init = os.fork()
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            _remove_mount_point(root)
+            raise
+        parent_fd = opened[0]
+        if init:
+            _shim(init, status_r, status_w)
+        _entered_init(status_r, status_w)  # returns in the forked pid 2 only
+        self._build_inside(plan, parent_fd, keep)
+
+    def _build_inside(self, plan: _Plan, parent_fd: int, keep: set[int]) -> None:
+        stage = "close fds"
+        try:
+            _die_with_parent(None)
+            _close_fds_except(keep | {parent_fd})
+            stage = "mount"
+            _build_root(plan)
+            stage = "pivot_root"
+            _pivot_into(plan.root, plan.pivot_root_nr)
+            stage = "sethostname"
+            socket.sethostname(plan.hostname)
+        except OSError as exc:
+            raise IsolateSetupError(exc.errno or errno.EINVAL, f"{stage}: {exc}") from exc
+        finally:
+            _undo_mount_point(plan.root, parent_fd)
+            os.close(parent_fd)
+        _prctl(_PR_SET_DUMPABLE, 0)  # as the compartment had it (a fork keeps it anyway)
 
     def run(self, func: Callable[..., object], /, *args: object,
             **kwargs: object) -> IsolateResult:

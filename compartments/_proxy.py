@@ -474,6 +474,9 @@ class CompartmentFunction(_Remote, Generic[P, R]):
     def _supervised_instance(self) -> Supervised:
         if self._owner is not None:
             return self._owner._supervised_instance()
+        supervised = self._supervised
+        if supervised is not None and not supervised._closed:
+            return supervised
         with self._lock:
             if self._supervised is None or self._supervised._closed:
                 self._supervised = Supervised(self._definition, (), {})

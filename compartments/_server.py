@@ -36,8 +36,9 @@ class Server:
 
     def serve_forever(self) -> None:
         """Return when the primary channel closes."""
+        primary = [self.primary]
         while True:
-            ready = [self.primary] if len(self._decoders) == 1 else self._wait_for_any()
+            ready = primary if len(self._decoders) == 1 else self._wait_for_any()
             for channel in ready:
                 if not self._serve_one_read(channel):
                     if channel is self.primary:
