@@ -1,0 +1,52 @@
+"""Compartments the benchmarks call; module-level so the zygote can find them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from compartments import compartment
+from compartments.rulesets import SystemIO
+
+
+@compartment(rules=[SystemIO.nothing()])
+def noop() -> None:
+    return None
+
+
+@compartment(rules=[SystemIO.nothing()], report_violations=False)
+def noop_without_listener() -> None:
+    return None
+
+
+@compartment(rules=[SystemIO.nothing()])
+def echo(payload: bytes) -> bytes:
+    return payload
+
+
+@compartment(rules=[SystemIO.nothing()], fresh=True)
+def first_answer() -> int:
+    return 1
+
+
+def burn(n: int) -> int:
+    """CPU-bound work for the Pool."""
+    total = 0
+    for i in range(n):
+        total = (total + i * i) % 1_000_003
+    return total
+
+
+def unsealed(function: object) -> object:
+    """The same compartment without its filter: only for measuring the filter's cost."""
+    definition = dataclasses.replace(
+        function._definition, unsealed_for_benchmarks=True  # type: ignore[attr-defined]
+    )
+    return type(function)(definition)
+
+
+noop_unsealed = unsealed(noop)
+
+
+@compartment(rules=[SystemIO.nothing()], max_message=128 << 20)
+def consume(payload: bytes) -> int:
+    return len(payload)
