@@ -253,3 +253,38 @@ def test_32_bit_ordering_comparisons_are_refused_with_a_reason() -> None:
 def test_negative_values_compare_as_the_kernel_sees_them() -> None:
     cond = Arg(0) == -100  # AT_FDCWD, sign-extended by libc
     assert cond.comparison.datum_a == 0xFFFFFFFFFFFFFF9C
+
+
+def test_runtime_channel_rules_yield_to_a_user_simple_rule() -> None:
+    from compartments.rulesets import Networking
+    from compartments.rulesets.runtime import ChannelRuntime
+
+    ctx = SafetyContext().enable(Networking.nothing().allow_running_tcp_servers())
+    ctx.enable_yielding(ChannelRuntime())
+    assert ctx.allowed_syscalls()["sendto"] == [("", "Networking")]
+
+
+def test_runtime_channel_rules_confine_channel_io_to_the_fd_block() -> None:
+    from compartments.rulesets.runtime import ChannelRuntime
+
+    ctx = SafetyContext().enable(SystemIO.nothing()).enable_yielding(ChannelRuntime())
+    [(condition, source)] = ctx.allowed_syscalls()["recvmsg"]
+    assert source == "CompartmentRuntime" and "0xffffffc0 == 0x40" in condition
+
+
+def test_a_user_conditional_rule_on_a_runtime_syscall_is_ored_not_refused() -> None:
+    from compartments.rulesets.runtime import ChannelRuntime
+
+    class OwnSocket:
+        name = "OwnSocket"
+
+        def simple_rules(self) -> list[str]:
+            return []
+
+        def conditional_rules(self) -> dict[str, list[SeccompRule]]:
+            return {"sendto": [SeccompRule("sendto").and_condition(Arg(0) == 5)]}
+
+    ctx = SafetyContext().enable(OwnSocket()).enable_yielding(ChannelRuntime())
+    assert {source for _, source in ctx.allowed_syscalls()["sendto"]} == {
+        "OwnSocket", "CompartmentRuntime"
+    }
