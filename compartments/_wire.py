@@ -20,7 +20,7 @@ import socket
 import struct
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NamedTuple, NoReturn, Protocol
 
 import msgpack
@@ -283,20 +283,7 @@ def encode_request(
     if type(method) is not str or not 0 < len(method) <= MAX_METHOD_LENGTH:
         _bad_method(method)
     frame = [REQUEST, msgid, method, params]
-    try:
-        packer = _packers.packer
-    except AttributeError:
-        packer = _thread_packer()
-    try:
-        return packer.pack(frame), []
-    except _CarriesFds:
-        pass
-    except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, _explain_arguments(method, params, names))
-    try:
-        return _pack_collecting_fds(frame)
-    except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, _explain_arguments(method, params, names))
+    return _encode_frame(frame, _explain_arguments, method, params, names)
 
 
 def encode_response(
@@ -305,21 +292,7 @@ def encode_response(
     """``[1, msgid, error, result]``; ``method`` only words the error for a bad result."""
     if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
         _bad_msgid(msgid)
-    frame = [RESPONSE, msgid, error, result]
-    try:
-        packer = _packers.packer
-    except AttributeError:
-        packer = _thread_packer()
-    try:
-        return packer.pack(frame), []
-    except _CarriesFds:
-        pass
-    except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, _explain_value(result, _result_label(method), "result"))
-    try:
-        return _pack_collecting_fds(frame)
-    except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, _explain_value(result, _result_label(method), "result"))
+    return _encode_frame([RESPONSE, msgid, error, result], _explain_result, result, method)
 
 
 def encode_notification(
@@ -328,7 +301,16 @@ def encode_notification(
     """``[2, method, params]``: a call that expects no reply."""
     if type(method) is not str or not 0 < len(method) <= MAX_METHOD_LENGTH:
         _bad_method(method)
-    frame = [NOTIFICATION, method, params]
+    return _encode_frame([NOTIFICATION, method, params], _explain_arguments, method, params, names)
+
+
+def _encode_frame(
+    frame: list[Any], explain: Callable[..., Exception | None], *context: Any
+) -> tuple[bytes, list[int]]:
+    """The thread's packer on the fast path; fds collected, or the culprit named, after.
+
+    ``explain(*context)`` runs only on failure, so the hot path allocates no closure.
+    """
     try:
         packer = _packers.packer
     except AttributeError:
@@ -338,11 +320,15 @@ def encode_notification(
     except _CarriesFds:
         pass
     except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, _explain_arguments(method, params, names))
+        _raise_unencodable(exc, explain(*context))
     try:
         return _pack_collecting_fds(frame)
     except (TypeError, ValueError, OverflowError) as exc:
-        _raise_unencodable(exc, _explain_arguments(method, params, names))
+        _raise_unencodable(exc, explain(*context))
+
+
+def _explain_result(result: object, method: str) -> Exception | None:
+    return _explain_value(result, _result_label(method), "result")
 
 
 def _bad_msgid(msgid: object) -> NoReturn:
