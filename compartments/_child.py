@@ -18,7 +18,7 @@ from . import _largebytes, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
-from ._isolate import drop_capabilities
+from ._isolate import Isolate, drop_capabilities
 from ._rules import ruleset_from_data
 from ._server import Server
 from ._wire import Fd, PeerRef
@@ -267,6 +267,9 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         _largebytes.reader = _largebytes.read_by_mmap  # sealed: no pread, mmap is allowed
         compartment = _Compartment(spec, primary)
         try:
+            if spec.get("isolate") is not None:  # namespaces + tmpfs root; we become pid 2
+                _warm_sources(compartment.target)  # the sources stay outside
+                Isolate.from_data(spec["isolate"]).enter(keep)
             compartment.set_up(list(spec.get("args", [])), dict(spec.get("kwargs", {})))
             _warm_sources(compartment.target)
             # Setup may have needed root's powers (a low port); the sealed code never does.

@@ -22,6 +22,10 @@ loader's directories are bound read-only so those work too.
 Results travel back through one pipe as tagged frames: the worker's return value
 (msgpack-native values only, never pickle), the wait status, or a setup error.
 The tmpfs root's mount point is a host temporary directory, removed afterwards.
+
+``Isolate(...).enter(keep_fds)`` is the long-lived variant (``@compartment(isolate=...)``):
+the calling process becomes the outer *shim* and returns from ``enter`` as pid 2; see
+"entering" below.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import msgpack
 
@@ -680,28 +684,28 @@ class Isolate:
     @classmethod
     def from_data(cls, data: Mapping[str, object]) -> Isolate:
         """Rebuild an Isolate from :meth:`to_data` (bind sources are checked again)."""
-        def field(key: str, kind: type) -> object:
+        kinds = {"tmpfs_size": str, "binds": list, "network": bool, "proc": bool,
+                 "hostname": str, "runtime": list, "devices": bool}
+        for key, kind in kinds.items():
             value = data.get(key)
             if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
                 raise TypeError(f"isolate data: {key!r} must be a {kind.__name__}, "
                                 f"got {value!r}")
-            return value
-
         binds = []
-        for item in field("binds", list):  # type: ignore[attr-defined]
+        for item in cast(list[object], data["binds"]):
             if not (isinstance(item, list) and len(item) == 3
                     and isinstance(item[0], str) and isinstance(item[1], str)
                     and isinstance(item[2], bool)):
                 raise TypeError(f"isolate data: bad bind {item!r}")
             binds.append(Bind(item[0], item[1], item[2]))
-        runtime = field("runtime", list)
-        if not all(isinstance(path, str) for path in runtime):  # type: ignore[attr-defined]
+        runtime = cast(list[object], data["runtime"])
+        if not all(isinstance(path, str) for path in runtime):
             raise TypeError("isolate data: runtime paths must be strings")
-        isolate = cls(tmpfs_size=str(field("tmpfs_size", str)), binds=binds,
-                      network=bool(field("network", bool)), proc=bool(field("proc", bool)),
-                      hostname=str(field("hostname", str)), runtime=False,
-                      devices=bool(field("devices", bool)))
-        isolate.runtime = tuple(runtime)  # type: ignore[call-overload]
+        isolate = cls(tmpfs_size=cast(str, data["tmpfs_size"]), binds=binds,
+                      network=data["network"] is True, proc=data["proc"] is True,
+                      hostname=cast(str, data["hostname"]), runtime=False,
+                      devices=data["devices"] is True)
+        isolate.runtime = tuple(cast(list[str], runtime))
         return isolate
 
     def enter(self, keep_fds: Iterable[int] = ()) -> None:
@@ -775,7 +779,6 @@ class Isolate:
         finally:
             _undo_mount_point(plan.root, parent_fd)
             os.close(parent_fd)
-        _prctl(_PR_SET_DUMPABLE, 0)  # as the compartment had it (a fork keeps it anyway)
 
     def run(self, func: Callable[..., object], /, *args: object,
             **kwargs: object) -> IsolateResult:

@@ -18,6 +18,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from . import _largebytes, _wire
 from ._connection import Connection
+from ._isolate import Isolate
 from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._rules import ruleset_to_data
 from ._supervisor import START_TIMEOUT, ChildProcess, get_zygote, new_connection
@@ -80,6 +81,8 @@ class Definition:
     learn: bool = False
     workers: int = 1
     report_violations: bool = True
+    #: An Isolate: run the compartment in its own namespaces on a tmpfs root.
+    isolate: Any = None
     #: Only for measuring the filter's own cost in bench/; no public API reaches it.
     unsealed_for_benchmarks: bool = False
 
@@ -169,6 +172,7 @@ class Supervised:
                 "rules": definition.rules_as_data(),
                 "listener": definition.report_violations,
                 "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
+                "isolate": None if definition.isolate is None else definition.isolate.to_data(),
             }
             try:
                 pid = zygote.spawn(spec)
@@ -628,6 +632,18 @@ class CompartmentClass(Generic[T]):
         return f"<compartment class {self._definition.name}>"
 
 
+def _check_isolate(isolate: object) -> None:
+    if isolate is None:
+        return
+    if not isinstance(isolate, Isolate):
+        raise TypeError(f"isolate= takes an Isolate, got {type(isolate).__name__}")
+    if isolate.timeout is not None or isolate.pass_fds:
+        raise ValueError(
+            "a compartment's Isolate takes no timeout or pass_fds: use @compartment's "
+            "timeout=, and pass fds as arguments"
+        )
+
+
 @overload
 def compartment(target: type[T], /) -> CompartmentClass[T]: ...  # type: ignore[overload-overlap]
 @overload
@@ -647,6 +663,7 @@ def compartment(
     learn: bool = False,
     workers: int = 1,
     report_violations: bool = True,
+    isolate: Isolate | None = None,
 ) -> Callable[[Any], Any]: ...
 
 
@@ -664,6 +681,7 @@ def compartment(
     learn: bool = False,
     workers: int = 1,
     report_violations: bool = True,
+    isolate: Isolate | None = None,
 ) -> Any:
     """Run a module-level function or class in its own process, sealed by ``rules``.
 
@@ -673,6 +691,9 @@ def compartment(
 
     ``workers=N`` (functions) spreads calls over N sealed processes; a crashed worker
     fails only its own call and is replaced.
+
+    ``isolate=Isolate(...)`` runs the compartment in new user, mount, PID, IPC, UTS (and
+    network) namespaces on a size-limited tmpfs root with read-only binds (see Isolate).
 
     ``report_violations=False`` answers denied syscalls with a plain EPERM in the kernel,
     without the parent's listener (and without PolicyViolation reports).
@@ -694,6 +715,7 @@ def compartment(
             raise TypeError("setup= is for function compartments; a class sets up in __init__")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
+        _check_isolate(isolate)
         if workers > 1 and (inspect.isclass(obj) or fresh):
             raise TypeError("workers= is for function compartments without fresh=True")
         definition = Definition(
@@ -708,6 +730,7 @@ def compartment(
             learn=learn,
             workers=workers,
             report_violations=report_violations or learn,
+            isolate=isolate,
         )
         if inspect.isclass(obj):
             return CompartmentClass(definition)
