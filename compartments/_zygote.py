@@ -8,6 +8,7 @@ valid (a zombie at worst) until the parent has read its exit status.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import json
@@ -21,6 +22,11 @@ from typing import Any
 
 MAIN_ALIAS = "__mp_main__"
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+#: Compartments whose exit status the parent has not collected yet: never reaped behind
+#: its back, since the zombie keeps the pid (and the parent's pidfd) meaning that process.
+_spawned: set[int] = set()
 
 _main_path: str | None = None
 
@@ -56,6 +62,7 @@ def _spawn(params: list[Any], _channel: object) -> int:
     if pid == 0:
         _child.run(spec, zygote_pid)  # never returns
     _child.close_spec_fds(spec)
+    _spawned.add(pid)
     return pid
 
 
@@ -65,6 +72,7 @@ def _wait(params: list[Any], _channel: object) -> list[int] | None:
     done, status = os.waitpid(int(pid), os.WNOHANG)
     if not done:
         return None
+    _spawned.discard(done)
     if os.WIFSIGNALED(status):
         return [-1, os.WTERMSIG(status)]
     return [os.WEXITSTATUS(status), 0]
@@ -77,7 +85,21 @@ def _ping(_params: list[Any], _channel: object) -> int:
 _HANDLERS = {"spawn": _spawn, "wait": _wait, "ping": _ping}
 
 
+def _reap_orphans() -> None:
+    """Reap descendants orphaned to us (an isolated compartment's namespace init)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as listing:
+            children = [int(pid) for pid in listing.read().split()]
+    except OSError:
+        return
+    for pid in children:
+        if pid not in _spawned:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
 def _handle(method: str, params: list[Any], channel: object) -> Any:
+    _reap_orphans()  # between requests: no spawn is half-recorded here
     handler = _HANDLERS.get(method)
     if handler is None:
         raise AttributeError(f"the zygote has no method `{method}`")
@@ -90,6 +112,7 @@ def main() -> None:
     config = json.loads(sys.argv[2])
     _main_path = config.get("main_path")
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned descendants come to us, not to init
     if os.getppid() != config["parent_pid"]:
         os._exit(1)  # the parent died before we could arm PDEATHSIG
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle

@@ -392,3 +392,22 @@ def test_data_round_trip() -> None:
     assert again.to_data() == original.to_data()
     with pytest.raises(TypeError):
         Isolate.from_data({**original.to_data(), "network": "yes"})
+
+
+def test_a_killed_isolated_compartment_leaves_no_zombie_behind() -> None:
+    """Its namespace init is orphaned to the zygote (a subreaper), which reaps it."""
+    from compartments import _supervisor
+
+    try:
+        too_slow(0)
+        shim = too_slow.pid
+        assert shim is not None
+        (init,) = children(shim)
+        os.kill(shim, signal.SIGKILL)
+        with pytest.raises(CompartmentCrashed, match="SIGKILL"):
+            too_slow(0)
+        assert _not_running(init)
+        _supervisor.get_zygote(1 << 20).connection.call("ping", [], timeout=5)
+        assert gone_or_reaped(init)
+    finally:
+        too_slow.close()
