@@ -65,7 +65,10 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Slot] = {}
         self._abandoned: deque[int] = deque(maxlen=_ABANDONED_MEMORY)
-        self._cond = threading.Condition(threading.Lock())
+        # `with self._lock` (C-level) wherever the condition's own lock is all we need;
+        # Condition.__enter__/__exit__ are Python frames, and this is the hot path.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._reading = False
         self._waiters = 0  # threads in _cond.wait(): notify only when someone listens
         self._failure: BaseException | None = None
@@ -107,7 +110,7 @@ class Connection:
                 f"compartment's max_message of {self.max_message} bytes"
             )
         slot = _Slot()
-        with self._cond:
+        with self._lock:
             if self._failure is not None:
                 raise self._failure
             self._pending[msgid] = slot
@@ -140,7 +143,7 @@ class Connection:
             try:
                 self._read_until(slot, deadline)
             finally:
-                with self._cond:
+                with self._lock:
                     self._reading = False
                     if self._waiters:
                         self._cond.notify_all()
@@ -162,7 +165,7 @@ class Connection:
         True only when this thread is now the one reader; False otherwise (check
         ``slot.done`` to tell a delivered reply from a timeout).
         """
-        with self._cond:
+        with self._lock:
             while self._reading and not slot.done:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -178,7 +181,7 @@ class Connection:
             return True
 
     def _abandon(self, msgid: int, slot: _Slot) -> None:
-        with self._cond:
+        with self._lock:
             if self._pending.pop(msgid, None) is not None:
                 self._abandoned.append(msgid)
 
@@ -215,7 +218,7 @@ class Connection:
             raise ProtocolError(f"`{self.name}` sent a request; it may only answer")
 
     def _complete(self, response: Response) -> None:
-        with self._cond:
+        with self._lock:
             slot = self._pending.pop(response.msgid, None)
             if slot is None:
                 if response.msgid in self._abandoned:
@@ -239,11 +242,11 @@ class Connection:
 
     def _fail(self, cause: BaseException) -> NoReturn:
         """Fail every pending call and all future ones with one explained error."""
-        with self._cond:
+        with self._lock:
             first = self._failure is None
         if first:
             error = cause if self._explain_failure is None else self._explain_failure(cause)
-        with self._cond:
+        with self._lock:
             if self._failure is None:
                 self._failure = error
             for slot in self._pending.values():
