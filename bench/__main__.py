@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compartments import Pool, _largebytes
-from compartments._proxy import Supervised
+from compartments._supervised import Supervised
 
 from . import baselines, targets
 

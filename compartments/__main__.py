@@ -134,7 +134,8 @@ def _literal(text: str) -> Any:
 
 
 def learn(args: argparse.Namespace) -> int:
-    from ._proxy import NEVER, CompartmentClass, CompartmentFunction, Definition, Supervised
+    from ._proxy import CompartmentClass, CompartmentFunction
+    from ._supervised import NEVER, Definition, Supervised
 
     target = _target(args.target)
     if isinstance(target, (CompartmentFunction, CompartmentClass)):

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from . import _wire
-from ._proxy import CompartmentFunction, Definition, RestartPolicy, Supervised
+from ._proxy import CompartmentFunction
+from ._supervised import Definition, RestartPolicy, Supervised
 
 __all__ = ["Pool", "WorkerSet"]
 

@@ -7,318 +7,32 @@ import concurrent.futures
 import dataclasses
 import functools
 import inspect
-import socket
-import sys
 import threading
-import time
-import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import _largebytes, _wire
+from . import _wire
 from ._connection import Connection
 from ._isolate import Isolate
-from ._learn import BANNER, LearnedPolicy, learn_policy
-from ._rules import ruleset_to_data
-from ._supervisor import START_TIMEOUT, ChildProcess, get_zygote, new_connection
-from ._violations import Violation, ViolationLog, log
-from ._wire import Fd, PeerRef
-from .errors import CallTimeout, CompartmentClosed, CompartmentCrashed
+from ._learn import LearnedPolicy
+from ._supervised import (
+    GRACE_PERIOD,
+    Definition,
+    Remote,
+    RestartPolicy,
+    RestartSpec,
+    Supervised,
+    restart_policy,
+    start_call,
+)
+from ._violations import Violation
+from .errors import CallTimeout
 
 __all__ = ["CompartmentClass", "CompartmentFunction", "Proxy", "RestartPolicy", "compartment"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-GRACE_PERIOD = 2.0
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """Restart a crashed compartment on its next call, at most ``max_restarts`` times,
-    waiting ``backoff`` seconds before the first restart and doubling each time."""
-
-    max_restarts: int = 3
-    backoff: float = 0.05
-    max_backoff: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.max_restarts < 0 or self.backoff < 0 or self.max_backoff < 0:
-            raise ValueError(f"RestartPolicy values must not be negative: {self}")
-
-    def delay(self, restarts_so_far: int) -> float:
-        return float(min(self.backoff * (2**restarts_so_far), self.max_backoff))
-
-
-NEVER = RestartPolicy(max_restarts=0)
-RestartSpec = Literal["never", "on-crash"] | RestartPolicy
-
-
-def _restart_policy(restart: RestartSpec) -> RestartPolicy:
-    if restart == "never":
-        return NEVER
-    if restart == "on-crash":
-        return RestartPolicy()
-    if isinstance(restart, RestartPolicy):
-        return restart
-    raise ValueError(f'restart must be "never", "on-crash" or a RestartPolicy, got {restart!r}')
-
-
-@dataclass(frozen=True)
-class Definition:
-    """Everything ``@compartment`` was told, shared by the parent and the zygote."""
-
-    target: Any
-    rules: Any
-    name: str
-    timeout: float | None
-    restart: RestartPolicy
-    setup: Callable[[], object] | None
-    fresh: bool
-    max_message: int
-    learn: bool = False
-    workers: int = 1
-    report_violations: bool = True
-    #: An Isolate: run the compartment in its own namespaces on a tmpfs root.
-    isolate: Any = None
-    #: Only for measuring the filter's own cost in bench/; no public API reaches it.
-    unsealed_for_benchmarks: bool = False
-
-    @property
-    def is_class(self) -> bool:
-        return inspect.isclass(self.target)
-
-    def rules_as_data(self) -> list[dict[str, object]] | None:
-        """The policy as plain data for the child; None when only the child can compute it."""
-        if callable(self.rules):
-            return None
-        return [ruleset_to_data(ruleset) for ruleset in self.rules]
-
-    def parameter_names(self, method: str) -> list[str]:
-        func: Any = self.target
-        if self.is_class:
-            func = getattr(self.target, method, None)
-        try:
-            names = list(inspect.signature(func).parameters)
-        except (TypeError, ValueError):
-            return []
-        return names[1:] if self.is_class and names[:1] == ["self"] else names
-
-
-# -- one running compartment ---------------------------------------------------------
-
-
-class Supervised:
-    """A compartment instance: its current child process, restarts, and closing."""
-
-    def __init__(self, definition: Definition, args: Sequence[Any], kwargs: dict[str, Any]):
-        self.definition = definition
-        self.name = definition.name
-        self._args = list(args)
-        self._kwargs = dict(kwargs)
-        self._lock = threading.RLock()
-        self._child: ChildProcess | None = None
-        self._connection: Connection | None = None
-        self._closed = False
-        self.restarts = 0
-        self.generation = 0
-        self.violations = ViolationLog(self.name, learn=definition.learn)
-        if definition.learn:
-            log.warning(BANNER.format(name=self.name))
-        _check_arguments(definition, "__init__", self._args, self._kwargs)
-        _all_supervised.add(self)
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def connection(self) -> Connection:
-        conn = self._connection  # the common case needs no lock: a live child
-        if conn is not None and conn.failure is None and not self._closed:
-            return conn
-        with self._lock:
-            if self._closed:
-                raise CompartmentClosed(f"compartment `{self.name}` is closed")
-            conn = self._connection
-            if conn is not None and conn.failure is None:
-                return conn
-            if conn is not None:
-                self._restart_or_raise(conn.failure)
-            self._start()
-            assert self._connection is not None
-            return self._connection
-
-    def _restart_or_raise(self, failure: BaseException | None) -> None:
-        policy = self.definition.restart
-        if self.restarts >= policy.max_restarts:
-            raise failure or CompartmentCrashed(self.name, "it is no longer running")
-        time.sleep(policy.delay(self.restarts))
-        self.restarts += 1
-
-    def _start(self) -> None:
-        definition = self.definition
-        zygote = get_zygote(definition.max_message)
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        with child_end:
-            args, kwargs, brokered = _broker_peers(self.name, self._args, self._kwargs)
-            spec = {
-                "name": self.name,
-                "module": definition.target.__module__,
-                "qualname": definition.target.__qualname__,
-                "channel": Fd(child_end),
-                "args": args,
-                "kwargs": kwargs,
-                "max_message": definition.max_message,
-                "rules": definition.rules_as_data(),
-                "listener": definition.report_violations,
-                "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
-                "isolate": None if definition.isolate is None else definition.isolate.to_data(),
-            }
-            try:
-                pid = zygote.spawn(spec)
-            finally:
-                for sock in brokered:
-                    sock.close()
-        child = ChildProcess(self.name, pid, zygote)
-        connection = new_connection(
-            parent_end, self.name, definition.max_message, self.violations.on_notification
-        )
-        connection.set_failure_explainer(child.explain)
-        self.violations.attach(connection)
-        try:
-            connection.call("$start", [], timeout=START_TIMEOUT)
-        except BaseException:
-            connection.close()
-            child.reap(GRACE_PERIOD)
-            raise
-        self._child, self._connection = child, connection
-        self.generation += 1
-
-    def learned_policy(self) -> LearnedPolicy:
-        return learn_policy(self.violations.observed)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            child, conn = self._child, self._connection
-            self._child = self._connection = None
-        try:
-            self._stop(child, conn)
-        finally:
-            if self.definition.learn and self.violations.observed:
-                print(f"# learned policy for compartment `{self.name}`:", file=sys.stderr)
-                print(self.learned_policy().code, file=sys.stderr)
-
-    def _stop(self, child: ChildProcess | None, conn: Connection | None) -> None:
-        if conn is not None:
-            conn.channel.shutdown()
-        if child is not None:
-            child.reap(GRACE_PERIOD)
-        if conn is not None:
-            conn.close()
-        _all_supervised.discard(self)
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._child is None else self._child.pid
-
-    def is_running(self) -> bool:
-        conn = self._connection
-        return not self._closed and conn is not None and conn.failure is None
-
-    # -- calling -------------------------------------------------------------------------
-
-    def call(
-        self, method: str, args: Sequence[Any], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any:
-        conn = self.connection()
-        args, kwargs, brokered = _broker_peers(self.name, args, kwargs)
-        try:
-            pending = _start_call(self.definition, conn, method, args, kwargs)
-        finally:
-            for sock in brokered:
-                sock.close()
-        timeout = self.definition.timeout if timeout is None else timeout
-        try:
-            return conn.wait(pending, method, timeout)
-        except CallTimeout:
-            self._kill_stuck(conn, method, timeout)
-            raise
-
-    def _kill_stuck(self, conn: Connection, method: str, timeout: float | None) -> None:
-        """A sequential compartment that missed a deadline blocks every later call."""
-        child = self._child
-        if child is not None and self._connection is conn:
-            child.kill(f"call `{method}` timed out after {timeout:g}s")
-            conn.fail(ConnectionResetError("killed after a timeout"))
-
-
-def _start_call(
-    definition: Definition,
-    conn: Connection,
-    method: str,
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-) -> Any:
-    args, kwargs, offloaded = _largebytes.offload(args, kwargs)
-    try:
-        return conn.start_call(method, [args, kwargs])
-    except (TypeError, OverflowError):
-        _check_arguments(definition, method, args, kwargs)
-        raise
-    finally:
-        _largebytes.close_all(offloaded)  # sent (or not): the receiver has its own copy
-
-
-def _check_arguments(
-    definition: Definition, method: str, args: Sequence[Any], kwargs: dict[str, Any]
-) -> None:
-    """Raise a TypeError naming the argument that cannot cross, if there is one."""
-    names = definition.parameter_names(method)
-    values = [*args, *kwargs.values()]
-    labels = [*names[: len(args)], *kwargs]
-    peers_ok = [v if not isinstance(v, _Remote) else None for v in values]
-    shown = "__init__" if method == "__init__" else method
-    label = definition.name if method == "__call__" else f"{definition.name}.{shown}"
-    _wire.encode_request(0, label, peers_ok, names=labels)
-
-
-def _broker_peers(
-    receiver: str, args: Sequence[Any], kwargs: dict[str, Any]
-) -> tuple[list[Any], dict[str, Any], list[socket.socket]]:
-    """Replace each compartment argument by a fresh direct channel to it."""
-    if not args and not kwargs:
-        return [], kwargs, []
-    if not any(isinstance(v, _Remote) for v in (*args, *kwargs.values())):
-        return list(args), kwargs, []
-    brokered: list[socket.socket] = []
-
-    def direct_line(value: Any) -> Any:
-        if not isinstance(value, _Remote):
-            return value
-        target = value._supervised_instance()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        brokered.append(ours)
-        with theirs:
-            target.connection().call("$attach", [Fd(theirs), receiver], timeout=START_TIMEOUT)
-        return PeerRef(Fd(ours), target.name)
-
-    return (
-        [direct_line(v) for v in args],
-        {k: direct_line(v) for k, v in kwargs.items()},
-        brokered,
-    )
-
-
-_all_supervised: weakref.WeakSet[Supervised] = weakref.WeakSet()
-
-
-def close_all() -> None:
-    for supervised in list(_all_supervised):
-        supervised.close()
-
 
 # -- what users hold ------------------------------------------------------------------
 
@@ -394,13 +108,6 @@ class _PendingCall(concurrent.futures.Future[Any]):
         return super().exception(0)
 
 
-class _Remote:
-    """Anything that stands for a compartment and can be handed to another one."""
-
-    def _supervised_instance(self) -> Supervised:
-        raise NotImplementedError
-
-
 class _AsyncMethods:
     """``await proxy.aio.method(...)``: the same calls, awaitable."""
 
@@ -420,7 +127,7 @@ class _AsyncMethods:
         return await _in_thread(functools.partial(self._call, "__call__", args, kwargs))
 
 
-class CompartmentFunction(_Remote, Generic[P, R]):
+class CompartmentFunction(Remote, Generic[P, R]):
     """A module-level function that runs in its own sealed child process."""
 
     def __init__(
@@ -461,7 +168,7 @@ class CompartmentFunction(_Remote, Generic[P, R]):
             return _background().submit(self._call, "__call__", args, kwargs)
         supervised = self._supervised_instance()
         conn = supervised.connection()
-        pending = _start_call(self._definition, conn, "__call__", args, kwargs)
+        pending = start_call(self._definition, conn, "__call__", args, kwargs)
         return _PendingCall(supervised, conn, pending, self._timeout)
 
     def _workers(self) -> Any:
@@ -526,7 +233,7 @@ class CompartmentFunction(_Remote, Generic[P, R]):
         return f"<compartment function {self._definition.name}>"
 
 
-class Proxy(_Remote):
+class Proxy(Remote):
     """The parent's handle on one instance of a compartment class."""
 
     def __init__(self, supervised: Supervised, methods: frozenset[str], timeout: float | None):
@@ -723,7 +430,7 @@ def compartment(
             rules=rules if callable(rules) else tuple(rules),
             name=name or qualname,
             timeout=timeout,
-            restart=_restart_policy(restart),
+            restart=restart_policy(restart),
             setup=setup,
             fresh=fresh,
             max_message=max_message,

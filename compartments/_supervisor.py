@@ -197,9 +197,9 @@ def new_connection(
 
 @atexit.register
 def _stop_everything() -> None:
-    from . import _proxy
+    from . import _supervised
 
-    _proxy.close_all()
+    _supervised.close_all()
     for child in list(_live_children):
         child.kill("the parent is exiting")
         child.reap(0)

@@ -403,7 +403,9 @@ def test_a_killed_isolated_compartment_leaves_no_zombie_behind() -> None:
         shim = too_slow.pid
         assert shim is not None
         (init,) = children(shim)
+        (worker,) = children(init)
         os.kill(shim, signal.SIGKILL)
+        assert _not_running(worker)  # PDEATHSIG takes the namespace down a moment later
         with pytest.raises(CompartmentCrashed, match="SIGKILL"):
             too_slow(0)
         assert _not_running(init)
