@@ -1,9 +1,11 @@
 """msgpack-RPC frames between compartments, safe to decode from a hostile peer.
 
 Only msgpack-native values cross (None, bool, int, float, str, bytes, list/tuple,
-dict) plus two extensions that reference file descriptors travelling in the same
-frame via SCM_RIGHTS: :class:`Fd` (ext 1) and :class:`PeerRef` (ext 2). No pickle:
-a compromised compartment can send bytes, never code.
+dict) plus three extensions that reference file descriptors travelling in the same
+frame via SCM_RIGHTS: :class:`Fd` (ext 1), :class:`PeerRef` (ext 2) and a large
+payload's memfd (ext 3, see ``_largebytes``). No pickle: a compromised compartment can
+send bytes, never code. ``Fd``/``PeerRef`` live in ``_fd`` and error payloads in
+``_remote_errors``; both are re-exported here.
 
 Encoding is on the hot path of every call, so it tries the cheapest thing first
 (a reused per-thread ``Packer``) and only does extra work when that fails: frames
@@ -13,21 +15,20 @@ walk that names the culprit.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import os
-import socket
 import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any, NamedTuple, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 
 from . import _largebytes
-from ._traceback import format_exception
-from .errors import ProtocolError, RemoteError
+from ._fd import MAX_NAME_LENGTH, Fd, PeerRef
+from ._remote_errors import RemoteTraceback, a_type, decode_error, encode_error
+from .errors import ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -52,14 +53,12 @@ __all__ = [
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 MAX_MSGID = 2**32 - 1
 MAX_METHOD_LENGTH = 256
-MAX_NAME_LENGTH = 256
 DEFAULT_MAX_MESSAGE = 64 * 2**20
 # Kernel limit is SCM_MAX_FD (253); a frame never needs more than a handful.
 MAX_FDS_PER_FRAME = 64
 # Fds received ahead of the frame that claims them; more than this is an attack.
 MAX_PENDING_FDS = 64
 # The traceback text shipped with an error; keeps one error from filling a frame.
-MAX_TRACEBACK_CHARS = 64 * 1024
 
 EXT_FD = 1
 EXT_PEER = 2
@@ -69,118 +68,10 @@ _FD_INDEX = struct.Struct("!I")
 # Feeding in slices keeps the unpacker buffer at max_message + one slice.
 _FEED_SLICE = 2**20
 _MAX_EXT_LEN = _FD_INDEX.size + 4 * MAX_NAME_LENGTH
-_MAX_ERROR_ARGS = 8
 
 NATIVE_TYPES_HINT = (
     "msgpack-native types only: None, bool, int, float, str, bytes, list, tuple, dict, Fd"
 )
-
-
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
-
-
-class Fd:
-    """A file descriptor that travels with a call, duplicated into the receiver.
-
-    Sending side: ``Fd(fileobj_or_int)`` borrows the descriptor (and keeps the file
-    object alive until sent); it is never closed by this library. Receiving side: the
-    ``Fd`` owns a fresh descriptor; use it as a context manager, ``close()`` it,
-    ``detach()`` it, or turn it into a file/socket. An owned ``Fd`` that is dropped
-    closes its descriptor, so a peer cannot leak descriptors into us.
-    """
-
-    __slots__ = ("__weakref__", "_fd", "_keepalive", "_owned")
-
-    def __init__(self, fileobj: int | _HasFileno) -> None:
-        if isinstance(fileobj, bool):
-            raise TypeError("Fd needs a file descriptor or an object with fileno(), got a bool")
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        if not isinstance(fd, int) or fd < 0:
-            raise ValueError(f"Fd needs a non-negative file descriptor, got {fd!r}")
-        self._fd = fd
-        self._owned = False
-        self._keepalive: object = fileobj
-
-    @classmethod
-    def _adopt(cls, fd: int) -> Fd:
-        """Wrap a descriptor just received from a peer; the ``Fd`` now owns it."""
-        self = cls(fd)
-        self._owned = True
-        self._keepalive = None
-        return self
-
-    @property
-    def owned(self) -> bool:
-        """True when closing this ``Fd`` closes the descriptor (received ones)."""
-        return self._owned
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def fileno(self) -> int:
-        if self._fd < 0:
-            raise ValueError("Fd is closed or detached")
-        return self._fd
-
-    def detach(self) -> int:
-        """Hand the descriptor over to the caller, who must close it."""
-        fd = self.fileno()
-        self._fd, self._owned, self._keepalive = -1, False, None
-        return fd
-
-    def close(self) -> None:
-        fd, owned = self._fd, self._owned
-        self._fd, self._owned, self._keepalive = -1, False, None
-        if owned and fd >= 0:
-            os.close(fd)
-
-    def open(self, mode: str = "rb", buffering: int = -1, **kwargs: Any) -> IO[Any]:
-        """A file object that takes over the descriptor (closing it closes the fd)."""
-        return open(self.detach(), mode, buffering, closefd=True, **kwargs)
-
-    def socket(self) -> socket.socket:
-        """A socket object that takes over the descriptor."""
-        return socket.socket(fileno=self.detach())
-
-    def __enter__(self) -> Fd:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            fd, owned = self._fd, self._owned
-            self._fd, self._owned = -1, False
-            if owned and fd >= 0:
-                os.close(fd)
-        except (AttributeError, OSError):  # half-built by a failed __init__, or gone
-            pass
-
-    def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else ("owned" if self._owned else "borrowed")
-        return f"Fd({self._fd}, {state})"
-
-
-class PeerRef:
-    """A reference to another compartment: its channel's fd plus its name.
-
-    The runtime sends one when a compartment is handed a proxy to another; the
-    receiver gets a ``PeerRef`` whose ``fd`` is an owned :class:`Fd`.
-    """
-
-    __slots__ = ("fd", "name")
-
-    def __init__(self, fd: Fd | int | _HasFileno, name: str) -> None:
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
-            raise ValueError(f"PeerRef name must be a str of 1..{MAX_NAME_LENGTH} chars")
-        self.fd = fd if isinstance(fd, Fd) else Fd(fd)
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"PeerRef({self.fd!r}, {self.name!r})"
 
 
 class Request(NamedTuple):
@@ -201,21 +92,6 @@ class Notification(NamedTuple):
 
 
 Message = Request | Response | Notification
-
-
-class RemoteTraceback(Exception):
-    """Carries a compartment's traceback text as the ``__cause__`` of a re-raised error.
-
-    Same trick as ``concurrent.futures.process._RemoteTraceback``: the interpreter
-    prints the remote frames right above the local ones.
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
 
 
 # --------------------------------------------------------------------- encoding
@@ -423,12 +299,7 @@ def _find_unencodable(value: object, path: str, depth: int) -> None:
             _find_unencodable(key, key_path, depth + 1)
             _find_unencodable(item, key_path, depth + 1)
         return
-    raise _Unencodable(path, _a_type(value))
-
-
-def _a_type(value: object) -> str:
-    name = type(value).__name__
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+    raise _Unencodable(path, a_type(value))
 
 
 # --------------------------------------------------------------------- decoding
@@ -631,7 +502,7 @@ class FrameDecoder:
     def _reject(self, obj: object) -> NoReturn:
         """Raise the ProtocolError that says what is wrong with a message."""
         if type(obj) is not list or not obj:
-            raise self._fail(f"expected a non-empty array, got {_a_type(obj)}")
+            raise self._fail(f"expected a non-empty array, got {a_type(obj)}")
         kind = obj[0]
         if type(kind) is not int or kind not in (REQUEST, RESPONSE, NOTIFICATION):
             raise self._fail(f"unknown message type {_short(kind)}")
@@ -647,7 +518,7 @@ class FrameDecoder:
             self._check_method(obj[2])
             self._check_params(obj[3])
         if kind == RESPONSE:
-            raise self._fail(f"response error is {_a_type(obj[2])}, not a map or nil")
+            raise self._fail(f"response error is {a_type(obj[2])}, not a map or nil")
         raise self._fail("message rejected")  # unreachable unless the checks disagree
 
     def _check_msgid(self, msgid: object) -> None:
@@ -662,7 +533,7 @@ class FrameDecoder:
 
     def _check_params(self, params: object) -> None:
         if type(params) is not list:
-            raise self._fail(f"params must be an array, got {_a_type(params)}")
+            raise self._fail(f"params must be an array, got {a_type(params)}")
 
     def _checked_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
         for key, _ in pairs:
@@ -737,7 +608,7 @@ def _describe_unpack_error(exc: Exception) -> str:
 
 
 def _short(value: object) -> str:
-    text = repr(value) if isinstance(value, (int, float, bool, type(None))) else _a_type(value)
+    text = repr(value) if isinstance(value, (int, float, bool, type(None))) else a_type(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -745,149 +616,3 @@ def _close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-# ----------------------------------------------------------------------- errors
-
-# Builtins whose re-creation would change control flow in the caller, not report a failure.
-_NEVER_RECREATED = frozenset(
-    {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "StopIteration", "StopAsyncIteration"}
-)
-
-
-def encode_error(exc: BaseException) -> dict[str, Any]:
-    """The error payload of a response: plain data, never the exception object."""
-    exc_type = type(exc)
-    is_builtin = getattr(builtins, exc_type.__name__, None) is exc_type
-    type_name = exc_type.__qualname__
-    if not is_builtin:
-        type_name = f"{exc_type.__module__}.{type_name}"
-    traceback_text = format_exception(exc)
-    if len(traceback_text) > MAX_TRACEBACK_CHARS:
-        half = MAX_TRACEBACK_CHARS // 2
-        elided = "\n[... traceback truncated ...]\n"
-        traceback_text = traceback_text[:half] + elided + traceback_text[-half:]
-    payload: dict[str, Any] = {
-        "type": _utf8_safe(type_name),
-        "message": _utf8_safe(_safe_str(exc)),
-        "traceback": _utf8_safe(traceback_text),
-        "builtin": is_builtin,
-    }
-    args = _scalar_args(exc.args)
-    if args is not None:
-        payload["args"] = args
-    if isinstance(exc, OSError):
-        payload["errno"] = exc.errno if isinstance(exc.errno, int) else None
-        payload["strerror"] = _utf8_safe(exc.strerror) if isinstance(exc.strerror, str) else None
-        payload["filename"] = _filename(exc.filename)
-        payload["filename2"] = _filename(exc.filename2)
-    return payload
-
-
-def decode_error(payload: object, compartment: str) -> BaseException:
-    """Rebuild an exception from :func:`encode_error`'s payload.
-
-    Builtin exception types come back as themselves (so ``except ValueError`` works);
-    everything else becomes :class:`~compartments.errors.RemoteError`. Either way the
-    remote traceback is attached as ``__cause__``.
-    """
-    fields = _validated_error(payload, compartment)
-    type_name, message, traceback_text = fields["type"], fields["message"], fields["traceback"]
-    error = _recreate_builtin(fields) if fields.get("builtin") else None
-    if error is None:
-        error = RemoteError(type_name, message, traceback_text)
-    cause = f'\n"""\nTraceback in compartment `{compartment}`:\n{traceback_text}"""'
-    error.__cause__ = RemoteTraceback(cause)
-    return error
-
-
-def _recreate_builtin(fields: Mapping[str, Any]) -> BaseException | None:
-    name = fields["type"]
-    cls = getattr(builtins, name, None) if name not in _NEVER_RECREATED else None
-    if not isinstance(cls, type) or not issubclass(cls, Exception):
-        return None
-    if issubclass(cls, getattr(builtins, "BaseExceptionGroup", ())):
-        return None
-    attempts: list[tuple[Any, ...]] = []
-    if issubclass(cls, OSError) and fields.get("errno") is not None:
-        oserror_args = (fields["errno"], fields.get("strerror"), fields.get("filename"))
-        attempts.append((*oserror_args, None, fields.get("filename2")))
-    if "args" in fields:
-        attempts.append(tuple(fields["args"]))
-    attempts.append((fields["message"],))
-    for args in attempts:
-        try:
-            error = cls(*args)
-        except Exception:
-            continue
-        if type(error) is cls:
-            return error
-    return None
-
-
-_OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
-    "builtin": (bool,),
-    "errno": (int, type(None)),
-    "strerror": (str, type(None)),
-    "filename": (str, bytes, type(None)),
-    "filename2": (str, bytes, type(None)),
-    "args": (list,),
-}
-
-
-def _validated_error(payload: object, compartment: str) -> dict[str, Any]:
-    def bad(what: str) -> ProtocolError:
-        return ProtocolError(f"compartment `{compartment}` sent a malformed error: {what}")
-
-    if type(payload) is not dict:
-        raise bad(f"expected a map, got {_a_type(payload)}")
-    for key in ("type", "message", "traceback"):
-        if type(payload.get(key)) is not str:
-            raise bad(f"field `{key}` must be a str")
-    if not 0 < len(payload["type"]) <= MAX_METHOD_LENGTH:
-        raise bad(f"field `type` must have 1..{MAX_METHOD_LENGTH} chars")
-    for key, allowed in _OPTIONAL_FIELDS.items():
-        if key in payload and type(payload[key]) not in allowed:
-            raise bad(f"field `{key}` has type {type(payload[key]).__name__}")
-    args = payload.get("args", [])
-    if len(args) > _MAX_ERROR_ARGS or not all(type(arg) in _SCALARS for arg in args):
-        raise bad(f"field `args` must hold at most {_MAX_ERROR_ARGS} scalars")
-    return payload
-
-
-_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
-
-
-def _scalar_args(args: tuple[Any, ...]) -> list[Any] | None:
-    """``exc.args`` if they are few, plain and encodable, so ``KeyError('x')`` stays exact."""
-    if len(args) > _MAX_ERROR_ARGS:
-        return None
-    for arg in args:
-        if type(arg) not in _SCALARS:
-            return None
-        if type(arg) is int and not _INT_MIN <= arg <= _UINT_MAX:
-            return None
-        if type(arg) is str and _utf8_safe(arg) is not arg:
-            return None
-    return list(args)
-
-
-def _filename(value: object) -> str | bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    return _utf8_safe(value if isinstance(value, str) else _safe_str(value))
-
-
-def _utf8_safe(text: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _safe_str(value: object) -> str:
-    try:
-        return str(value)
-    except Exception:
-        return f"<{type(value).__name__}.__str__ raised>"
