@@ -18,7 +18,8 @@ from . import _largebytes, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
-from ._isolate import Isolate, drop_capabilities
+from ._isolate import Isolate
+from ._privileges import drop_capabilities, set_no_new_privs
 from ._rules import ruleset_from_data
 from ._server import Server
 from ._wire import Fd, PeerRef
@@ -104,8 +105,6 @@ def _harden(zygote_pid: int) -> None:
     if os.getppid() != zygote_pid:
         os._exit(1)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    from ._seccomp import set_no_new_privs
-
     set_no_new_privs()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < CHANNEL_FD_LIMIT:

@@ -55,7 +55,7 @@ from typing import NoReturn, cast
 
 import msgpack
 
-from ._landlock import set_no_new_privs
+from ._privileges import drop_capabilities, set_no_new_privs
 from .errors import CompartmentsError, UnsupportedError
 
 __all__ = ["Bind", "Isolate", "IsolateResult", "IsolateSetupError", "runtime_binds"]
@@ -94,10 +94,6 @@ _NR_MOUNT_SETATTR = 442  # unified number
 _PR_SET_PDEATHSIG = 1
 _PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
-_PR_CAPBSET_DROP = 24
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_CLEAR_ALL = 4
-_CAPABILITY_VERSION_3 = 0x20080522
 
 _NR_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
 
@@ -159,7 +155,6 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
-_libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 
 
 def _check(result: int, what: str) -> None:
@@ -185,15 +180,6 @@ def _prctl(option: int, arg: int = 0) -> int:
 class _MountAttr(ctypes.Structure):
     _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32))
 
 
 # --- the plan: everything decided on the caller's side ------------------------------
@@ -474,17 +460,6 @@ def _pivot_into(root: str, pivot_root_nr: int) -> None:
     _check(result, "pivot_root")
     _check(_libc.umount2(b".", _MNT_DETACH), "detach old root")
     os.chdir("/")
-
-
-def drop_capabilities() -> None:
-    """Empty the bounding and ambient sets (best effort), then capset to nothing."""
-    for cap in range(64):
-        if _prctl(_PR_CAPBSET_DROP, cap) < 0 and ctypes.get_errno() == errno.EINVAL:
-            break
-    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.capset(ctypes.addressof(header), ctypes.addressof(data)), "capset")
 
 
 def _worker(control: int, call: Callable[[], object]) -> NoReturn:

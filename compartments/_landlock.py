@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+from . import _privileges
 from .errors import LandlockError, UnsupportedError
 
 __all__ = [
@@ -223,9 +224,10 @@ def _syscall(number: int, *args: int) -> int:
 
 def set_no_new_privs() -> None:
     """Promise the kernel no execve will gain privileges (required to self-restrict)."""
-    if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise LandlockError(err, f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
+    try:
+        _privileges.set_no_new_privs()
+    except OSError as exc:
+        raise LandlockError(exc.errno, str(exc)) from None
 
 
 @lru_cache(maxsize=1)

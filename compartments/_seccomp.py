@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pyseccomp
 
+from ._privileges import set_no_new_privs
 from .errors import UnknownSyscallError, UnsupportedError
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "syscall_number",
 ]
 
-PR_SET_NO_NEW_PRIVS = 38
 # libseccomp's binary-tree layout keeps large filters O(log n), but costs more than a
 # linear scan for a handful of rules.
 BINARY_TREE_THRESHOLD = 16
@@ -87,13 +87,6 @@ def syscall_name(number: int) -> str:
         return bytes(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, number)).decode()
     except ValueError:
         return f"syscall_{number}"
-
-
-def set_no_new_privs() -> None:
-    """Forbid gaining privileges via exec; root could otherwise load filters without it."""
-    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
 
 
 def build_filter(

@@ -117,6 +117,8 @@ def main() -> None:
         os._exit(1)  # the parent died before we could arm PDEATHSIG
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
+    import encodings.idna  # noqa: F401 - sockets look it up lazily; sealed, that open fails
+
     from . import _child  # noqa: F401 - import everything compartments need, once
     from ._channel import Channel
     from ._server import Server

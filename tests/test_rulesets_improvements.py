@@ -253,3 +253,21 @@ def test_sealed_cpython_exit_status_survives_sys_exit() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert result.returncode == 3, result.stderr
 
+
+
+def test_a_sealed_process_may_pin_itself() -> None:
+    def body() -> None:
+        _seal(SystemIO.nothing())
+        os.sched_setaffinity(0, os.sched_getaffinity(0))
+
+    assert run_in_child(body) == "ok"
+
+
+def test_a_sealed_process_may_not_pin_another_process() -> None:
+    parent = os.getpid()
+
+    def body() -> None:
+        _seal(SystemIO.nothing())
+        os.sched_setaffinity(parent, os.sched_getaffinity(parent))
+
+    assert run_in_child(body) == "EPERM"

@@ -25,7 +25,7 @@ from compartments.errors import (
     ProtocolError,
     RemoteError,
 )
-from compartments.rulesets import SystemIO, Threads
+from compartments.rulesets import Networking, SystemIO, Threads
 
 SLEEP = Threads.nothing().allow_sleep().yes_really()
 
@@ -637,3 +637,15 @@ def test_local_function_is_refused_with_a_reason() -> None:
     with pytest.raises(TypeError, match="module-level"):
         compartment(local)
 
+
+
+@compartment(rules=[SystemIO.nothing(), Networking.nothing().allow_start_tcp_clients()
+                    .allow_running_tcp_clients()])
+def connect_by_name_lookup_free(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=None):
+        return True
+
+
+def test_create_connection_works_after_the_seal_without_lazy_imports() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert connect_by_name_lookup_free(server.getsockname()[1]) is True
