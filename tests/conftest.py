@@ -1,6 +1,26 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from collections.abc import Iterator
+
+import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 in the parent; yields its port."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def listeners() -> Iterator[tuple[int, int]]:
+    """Two TCP listeners on 127.0.0.1 in the parent; yields their ports."""
+    with socket.create_server(("127.0.0.1", 0)) as first, socket.create_server(
+        ("127.0.0.1", 0)
+    ) as second:
+        yield first.getsockname()[1], second.getsockname()[1]

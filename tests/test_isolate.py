@@ -9,7 +9,6 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,13 +152,6 @@ def test_missing_bind_source_is_refused_early(tmp_path: Path) -> None:
 # --- network -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def listener() -> Iterator[int]:
-    server = socket.create_server(("127.0.0.1", 0))
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
 
 
 def connect_errno(port: int) -> object:

@@ -150,13 +150,6 @@ def too_slow(seconds: float) -> None:
 # --- helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def listener() -> Iterator[int]:
-    server = socket.create_server(("127.0.0.1", 0))
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
 
 
 @pytest.fixture

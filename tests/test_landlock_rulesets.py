@@ -390,15 +390,6 @@ def test_stdout_and_a_write_grant_conflict_on_write(dirs: tuple[Path, Path]) -> 
 # --- TCP ports ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def listeners() -> Iterator[tuple[int, int]]:
-    """Two TCP listeners on 127.0.0.1 in the parent; yields their ports."""
-    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-    try:
-        yield servers[0].getsockname()[1], servers[1].getsockname()[1]
-    finally:
-        for server in servers:
-            server.close()
 
 
 def connect_to(port: int) -> Callable[[], None]:
