@@ -219,6 +219,7 @@ class Supervised:
             conn.channel.shutdown()
         if child is not None:
             child.reap(GRACE_PERIOD)
+        self.violations.retire_listener()
         if conn is not None:
             conn.close()
         _all_supervised.discard(self)

@@ -342,23 +342,54 @@ class ViolationMonitor:
 
     def __init__(self) -> None:
         self._listeners: dict[int, _Listener] = {}
+        self._retiring: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
 
-    def register(self, fd: int, compartment: str, sink: Sink, *, learn: bool = False) -> None:
+    def register(
+        self, fd: int, compartment: str, sink: Sink, *, learn: bool = False
+    ) -> _Listener:
         """Take ownership of a listener fd; it is closed when its compartment is gone."""
+        listener = _Listener(fd, compartment, learn, sink)
         with self._lock:
-            self._listeners[fd] = _Listener(fd, compartment, learn, sink)
+            self._listeners[fd] = listener
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="compartments-violations", daemon=True
                 )
                 self._thread.start()
         os.write(self._wake_w, b"\0")
+        return listener
+
+    def retire(self, listener: _Listener, timeout: float = 2.0) -> None:
+        """Close a listener now, from this thread's point of view.
+
+        Only the monitor thread closes listeners, so a number it polls is never closed
+        and reused under it; the caller waits until it has happened.
+        """
+        done = threading.Event()
+        with self._lock:
+            # Identity, not the number: a listener closed on hang-up may have had its
+            # number reused by another compartment's since.
+            if self._listeners.get(listener.fd) is not listener:
+                return
+            self._retiring[listener.fd] = done
+        os.write(self._wake_w, b"\0")
+        done.wait(timeout)
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retiring, self._retiring = self._retiring, {}
+            for fd in retiring:
+                if self._listeners.pop(fd, None) is not None:
+                    os.close(fd)
+        for done in retiring.values():
+            done.set()
 
     def _run(self) -> None:
         while True:
+            self._close_retired()
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
             with self._lock:
@@ -436,6 +467,7 @@ class ViolationLog:
         self._connection: Any = None
         self._unexplained: list[tuple[int, Violation]] = []
         self._listener_seen = False
+        self._listener: _Listener | None = None
 
     def attach(self, connection: Any) -> None:
         """Follow a new child's connection (after a restart, a new one)."""
@@ -457,9 +489,17 @@ class ViolationLog:
             if reason:  # the kernel lacks it; no reason means reports were turned off
                 _report_fallback(str(reason))
         elif isinstance(listener, Fd):
-            monitor().register(listener.detach(), self.compartment, self.record, learn=self.learn)
+            self._listener = monitor().register(
+                listener.detach(), self.compartment, self.record, learn=self.learn
+            )
         else:
             raise ProtocolError(f"`{self.compartment}` sent a malformed listener")
+
+    def retire_listener(self) -> None:
+        """Release the current child's listener as the compartment closes."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            monitor().retire(listener)
 
     def record(self, violation: Violation) -> None:
         with self._lock:
