@@ -61,7 +61,7 @@ class Connection:
         self.max_message = max_message
         self._decoder = FrameDecoder(max_message=max_message, name=name)
         self._on_notification = on_notification
-        self._explain_failure = explain_failure
+        self.explain_failure = explain_failure
         self._ids = itertools.count(1)
         self._pending: dict[int, _Slot] = {}
         self._abandoned: deque[int] = deque(maxlen=_ABANDONED_MEMORY)
@@ -81,9 +81,6 @@ class Connection:
     @property
     def failure(self) -> BaseException | None:
         return self._failure
-
-    def set_failure_explainer(self, explain: FailureExplainer) -> None:
-        self._explain_failure = explain
 
     # -- calling ---------------------------------------------------------------------
 
@@ -245,7 +242,7 @@ class Connection:
         with self._lock:
             first = self._failure is None
         if first:
-            error = cause if self._explain_failure is None else self._explain_failure(cause)
+            error = cause if self.explain_failure is None else self.explain_failure(cause)
         with self._lock:
             if self._failure is None:
                 self._failure = error

@@ -231,7 +231,6 @@ def errno_action(number: int) -> int:
 
 ALLOW = int(pyseccomp.ALLOW)
 NOTIFY = int(pyseccomp.NOTIFY)
-LOG = int(pyseccomp.LOG)
 OPERATORS: Mapping[str, int] = {
     "==": pyseccomp.EQ,
     "!=": pyseccomp.NE,

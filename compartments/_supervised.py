@@ -186,7 +186,7 @@ class Supervised:
         connection = new_connection(
             parent_end, self.name, definition.max_message, self.violations.on_notification
         )
-        connection.set_failure_explainer(child.explain)
+        connection.explain_failure = child.explain
         self.violations.attach(connection)
         try:
             connection.call("$start", [], timeout=START_TIMEOUT)

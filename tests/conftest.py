@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -24,3 +25,14 @@ def listeners() -> Iterator[tuple[int, int]]:
         ("127.0.0.1", 0)
     ) as second:
         yield first.getsockname()[1], second.getsockname()[1]
+
+
+@pytest.fixture
+def sibling() -> Iterator[subprocess.Popen[bytes]]:
+    """A sleeping process outside any Landlock domain."""
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()

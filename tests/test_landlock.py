@@ -433,15 +433,6 @@ def test_port_rules_need_abi_4(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- scoping ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def sibling() -> Iterator[subprocess.Popen[bytes]]:
-    """A sleeping process outside any Landlock domain."""
-    process = subprocess.Popen(["sleep", "30"])
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
 
 
 def kill(pid: int) -> Callable[[], object]:

@@ -502,15 +502,6 @@ def test_with_landlock_rejects_a_non_bool_best_effort() -> None:
 # --- scoping -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def sibling() -> Iterator[subprocess.Popen[bytes]]:
-    """A sleeping process outside any Landlock domain."""
-    process = subprocess.Popen(["sleep", "30"])
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_scoped_context_cannot_signal_outside(sibling: subprocess.Popen[bytes]) -> None:

@@ -566,20 +566,25 @@ def test_threads_pipeline_calls_and_every_reply_reaches_its_caller() -> None:
 
 
 def test_async_calls_do_not_block_the_event_loop() -> None:
-    async def main() -> tuple[list[float], int]:
+    async def main() -> tuple[list[float], float]:
         with Fragile() as fragile:
             ticks: list[float] = []
+
+            async def nap() -> float:
+                await fragile.aio.nap(0.3)
+                return time.monotonic()
 
             async def ticker() -> None:
                 for _ in range(5):
                     ticks.append(time.monotonic())
                     await asyncio.sleep(0.02)
 
-            napped, _ = await asyncio.gather(fragile.aio.nap(0.2), ticker())
-            return ticks, int(napped * 10)
+            # The nap is scheduled first: were it blocking, no tick could come before it ends.
+            napped_at, _ = await asyncio.gather(nap(), ticker())
+            return ticks, napped_at
 
-    ticks, napped = asyncio.run(main())
-    assert napped == 2 and len(ticks) == 5
+    ticks, napped_at = asyncio.run(main())
+    assert len(ticks) == 5 and ticks[-1] < napped_at
 
 
 def test_cancelled_async_call_does_not_corrupt_the_channel() -> None:

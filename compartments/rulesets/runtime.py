@@ -48,7 +48,7 @@ class ChannelRuntime(BuiltinRuleSet):
     def __init__(self) -> None:
         super().__init__()
         granted = self._with(
-            simple=("poll", "ppoll", "close", "getppid"),
+            simple=("poll", "ppoll", "close"),
             conditional=[_in_channel_block(name, 0) for name in CHANNEL_IO]
             + [
                 _command_on_channel(name, cmd)
