@@ -128,20 +128,22 @@ def payload_rounds(figures: Figures, rounds: int) -> None:
 
 
 def large_payload_rounds(figures: Figures, rounds: int) -> None:
-    """64 MiB one way: as a memfd over SCM_RIGHTS (automatic) and inline msgpack."""
+    """64 MiB one way: inline msgpack, as trailing bytes, and as a memfd (automatic)."""
     payload = os.urandom(64 << 20)
-    threshold = _largebytes.THRESHOLD
+    defaults = _largebytes.THRESHOLD, _largebytes.TRAILING_MIN
+    never = 1 << 62
+    modes = {"inline": (never, never), "trailing": (never, defaults[1]), "fd": defaults}
     targets.consume(b"")
     try:
         for _ in range(rounds):
-            for mode in ("inline", "fd"):
-                _largebytes.THRESHOLD = (1 << 62) if mode == "inline" else threshold
+            for mode, (threshold, trailing_min) in modes.items():
+                _largebytes.THRESHOLD, _largebytes.TRAILING_MIN = threshold, trailing_min
                 started = time.perf_counter()
                 assert targets.consume(payload) == len(payload)
                 elapsed = (time.perf_counter() - started) * 1e3
                 figures.add(f"payload_64mib_{mode}", elapsed, "ms")
     finally:
-        _largebytes.THRESHOLD = threshold
+        _largebytes.THRESHOLD, _largebytes.TRAILING_MIN = defaults
 
 
 def throughput_rounds(figures: Figures, rounds: int, calls: int) -> None:

@@ -13,9 +13,12 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from ._wire import DEFAULT_MAX_MESSAGE, MAX_FDS_PER_FRAME, FrameDecoder
+from ._decoder import FrameDecoder
+from ._wire import DEFAULT_MAX_MESSAGE, MAX_FDS_PER_FRAME, FrameBytes
 from .errors import ProtocolError
 
 __all__ = ["CHANNEL_SYSCALLS", "CHANNEL_TEARDOWN_SYSCALLS", "Channel", "socketpair"]
@@ -35,8 +38,15 @@ _ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * _FD_ITEM)
 # Plain ints: the socket module's IntFlag members make `flags & X` a slow enum call.
 _MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000))
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+# Below IOV_MAX (1024): the iovecs one sendmsg may take.
+_MAX_PARTS = 512
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
+
+
+#: Called with the send's deadline while the peer's buffer is full; see Channel.send.
+WhenFull = Callable[[float | None], None]
 
 
 class Channel:
@@ -75,35 +85,81 @@ class Channel:
         """A decoder bounded by this channel's ``max_message`` and named after it."""
         return FrameDecoder(max_message=self.max_message, name=self.name)
 
-    def send(self, data: bytes | bytearray | memoryview, fds: Sequence[int] = ()) -> None:
-        """Write one whole frame; ``fds`` ride along with its first bytes.
+    def send(
+        self,
+        data: FrameBytes | bytearray | memoryview,
+        fds: Sequence[int] = (),
+        *,
+        when_full: WhenFull | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Write one whole frame (a buffer, or a list of parts written in order);
+        ``fds`` ride along with its first bytes.
 
         Send exactly one frame per call when ``fds`` are given: the receiver
         attributes them to the frame that starts in the chunk they arrive with.
+
+        Without ``when_full`` the write blocks until the peer has taken everything,
+        which suits a compartment answering its parent. With it the socket is never
+        blocked on: ``when_full(deadline)`` runs whenever the peer's buffer is full, to
+        wait for room (reading the peer's replies meanwhile: it may be blocked sending
+        them) or raise TimeoutError. Waiting for another thread's frame to go out also
+        ends at ``deadline`` (a ``time.monotonic()`` value).
         """
-        if not fds:
-            with self._send_lock:
-                self._sock.sendall(data)
-            return
         if len(fds) > MAX_FDS_PER_FRAME:
             raise ValueError(f"at most {MAX_FDS_PER_FRAME} fds per frame, got {len(fds)}")
-        view = memoryview(data).cast("B")
-        if not view:
-            raise ValueError("fds need at least one byte of frame to travel with")
-        ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))]
-        with self._send_lock:
-            sent = self._sock.sendmsg([view], ancillary)
-            if sent < len(view):
-                self._sock.sendall(view[sent:])
+        lock = self._send_lock
+        if not lock.acquire(False) and not lock.acquire(True, _seconds_left(deadline)):
+            raise TimeoutError(f"`{self.name}`: another thread's frame is still being sent")
+        try:
+            flags = 0 if when_full is None else _MSG_DONTWAIT
+            if not fds and not isinstance(data, list):  # the common case: one sendto
+                try:
+                    sent = self._sock.send(data, flags)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                parts = [memoryview(data).cast("B")[sent:]]
+            else:
+                parts = [memoryview(part).cast("B") for part in _parts(data)]
+                if fds and not parts[0]:
+                    raise ValueError("fds need at least one byte of frame to travel with")
+            self._send_parts(parts, fds, flags, when_full, deadline)
+        finally:
+            lock.release()
+
+    def _send_parts(
+        self,
+        parts: list[memoryview],
+        fds: Sequence[int],
+        flags: int,
+        when_full: WhenFull | None,
+        deadline: float | None,
+    ) -> None:
+        ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
+        while parts:
+            try:
+                sent = self._sock.sendmsg(parts[:_MAX_PARTS], ancillary, flags)
+            except BlockingIOError:
+                sent = 0
+            else:
+                ancillary = []  # the fds went with the first bytes
+            parts = _unsent(parts, sent)
+            if parts and when_full is not None:
+                when_full(deadline)
 
     def receive_into(self, decoder: FrameDecoder) -> bool:
         """One ``recvmsg``: feed what arrived (bytes and fds) to ``decoder``.
 
-        Returns False at end of stream. Raises ProtocolError if the peer sent more
-        fds than fit (the kernel truncated them), after closing those that arrived.
+        Trailing bytes the decoder is waiting for are received straight into their
+        destination. Returns False at end of stream. Raises ProtocolError if the peer
+        sent more fds than fit (the kernel truncated them), after closing those that
+        arrived.
         """
+        target = decoder.trailing_target
         nbytes, ancdata, flags, _ = self._sock.recvmsg_into(
-            self._buffers, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC
+            self._buffers if target is None else [target], _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC
         )
         fds = _received_fds(ancdata) if ancdata else []
         if flags & _MSG_CTRUNC:
@@ -114,7 +170,10 @@ class Channel:
         if nbytes == 0:
             _close_quietly(fds)
             return False
-        decoder.feed(self._buffers[0][:nbytes], fds)
+        if target is None:
+            decoder.feed(self._buffers[0][:nbytes], fds)
+        else:
+            decoder.trailing_received(nbytes, fds)
         return True
 
     def shutdown(self) -> None:
@@ -157,6 +216,23 @@ def socketpair(
         Channel(left, max_message=max_message, name=names[0]),
         Channel(right, max_message=max_message, name=names[1]),
     )
+
+
+def _parts(data: FrameBytes | bytearray | memoryview) -> list[Any]:
+    return data if isinstance(data, list) else [data]
+
+
+def _unsent(parts: list[memoryview], sent: int) -> list[memoryview]:
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return [part[sent:], *parts[index + 1 :]]
+        sent -= len(part)
+    return []
+
+
+def _seconds_left(deadline: float | None) -> float:
+    """For ``Lock.acquire``: -1 waits forever."""
+    return -1 if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import _largebytes, _traceback, _wire
+from . import _decoder, _largebytes, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
@@ -292,7 +292,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
 
 def _report_setup_failure(primary: Channel, exc: BaseException, max_message: int) -> None:
     """Answer the parent's ``$start`` with the setup error, then stop."""
-    decoder = _wire.FrameDecoder(max_message=max_message, name="parent")
+    decoder = _decoder.FrameDecoder(max_message=max_message, name="parent")
     while primary.receive_into(decoder):
         for message in decoder:
             if isinstance(message, _wire.Request):

@@ -18,13 +18,16 @@ from typing import Any, NoReturn
 
 from . import _wire
 from ._channel import Channel
-from ._wire import FrameDecoder, Notification, Request, Response
+from ._decoder import FrameDecoder
+from ._wire import Notification, Request, Response
 from .errors import CallTimeout, ProtocolError
 
 __all__ = ["Connection"]
 
 # Replies to timed-out calls may still arrive; remember that many msgids to drop them.
 _ABANDONED_MEMORY = 1024
+# A sender waiting for room re-checks this often whether it should read for everyone.
+_SEND_POLL_SLICE = 0.05
 
 
 class _Slot:
@@ -93,17 +96,26 @@ class Connection:
         names: Sequence[str] | None = None,
     ) -> Any:
         """Send a request and wait for its reply; raise what the compartment raised."""
-        slot = self.start_call(method, params, names=names)
+        slot = self.start_call(method, params, names=names, timeout=timeout)
         return self.wait(slot, method, timeout)
 
     def start_call(
-        self, method: str, params: Sequence[Any], *, names: Sequence[str] | None = None
+        self,
+        method: str,
+        params: Sequence[Any],
+        *,
+        names: Sequence[str] | None = None,
+        timeout: float | None = None,
     ) -> tuple[int, _Slot]:
+        """Send a request. A peer that stops reading cannot block this past ``timeout``;
+        if it does, the connection fails (half a frame may be out) and CallTimeout is raised.
+        """
         msgid = next(self._ids) & _wire.MAX_MSGID
         data, fds = _wire.encode_request(msgid, method, params, names=names)
-        if len(data) > self.max_message:
+        size = len(data) if type(data) is bytes else _wire.frame_size(data)
+        if size > self.max_message:
             raise ValueError(
-                f"call `{method}` to `{self.name}` is a {len(data)}-byte frame, over the "
+                f"call `{method}` to `{self.name}` is a {size}-byte frame, over the "
                 f"compartment's max_message of {self.max_message} bytes"
             )
         slot = _Slot()
@@ -112,8 +124,12 @@ class Connection:
                 raise self._failure
             self._pending[msgid] = slot
             self.calls_started += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self.channel.send(data, fds)
+            self.channel.send(data, fds, when_full=self._while_send_blocked, deadline=deadline)
+        except TimeoutError:
+            self.fail(ConnectionResetError(f"call `{method}` could not be sent in {timeout:g}s"))
+            raise CallTimeout(self.name, method, timeout or 0.0) from None
         except OSError as exc:
             self._fail(exc)
         return msgid, slot
@@ -154,7 +170,38 @@ class Connection:
 
     def notify(self, method: str, params: Sequence[Any]) -> None:
         data, fds = _wire.encode_notification(method, params)
-        self.channel.send(data, fds)
+        self.channel.send(data, fds, when_full=self._while_send_blocked)
+
+    def _while_send_blocked(self, deadline: float | None) -> None:
+        """Wait until the peer has room for more of our frame, reading its replies
+        meanwhile unless another thread is: the peer may be blocked sending them."""
+        fd = self.channel.fileno()
+        while True:
+            wait = _SEND_POLL_SLICE
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError
+            with self._lock:
+                reading = not self._reading  # nobody else reads: we must
+                if reading:
+                    self._reading = True
+            try:
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT | (select.POLLIN if reading else 0))
+                events = 0
+                for _, happened in poller.poll(wait * 1000):
+                    events |= happened
+                if events & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+                    return  # room, or an error the next send reports
+                if events & select.POLLIN:
+                    self._read_once()
+            finally:
+                if reading:
+                    with self._lock:
+                        self._reading = False
+                        if self._waiters:
+                            self._cond.notify_all()
 
     def _become_reader(self, slot: _Slot, deadline: float | None) -> bool:
         """Take the reader's role, unless our reply arrives first or time runs out.
@@ -188,13 +235,17 @@ class Connection:
         while not slot.done:
             if deadline is not None and not self._readable_before(deadline):
                 return
-            try:
-                if not self.channel.receive_into(self._decoder):
-                    raise ConnectionResetError(f"`{self.name}` closed its channel")
-                for message in self._decoder:
-                    self._dispatch(message)
-            except (ProtocolError, OSError) as exc:
-                self._fail(exc)
+            self._read_once()
+
+    def _read_once(self) -> None:
+        """One receive, its messages dispatched; only the reader may call this."""
+        try:
+            if not self.channel.receive_into(self._decoder):
+                raise ConnectionResetError(f"`{self.name}` closed its channel")
+            for message in self._decoder:
+                self._dispatch(message)
+        except (ProtocolError, OSError) as exc:
+            self._fail(exc)
 
     def _readable_before(self, deadline: float) -> bool:
         remaining = deadline - time.monotonic()

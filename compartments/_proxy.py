@@ -168,8 +168,13 @@ class CompartmentFunction(Remote, Generic[P, R]):
             return _background().submit(self._call, "__call__", args, kwargs)
         supervised = self._supervised_instance()
         conn = supervised.connection()
-        pending = start_call(self._definition, conn, "__call__", args, kwargs)
-        return _PendingCall(supervised, conn, pending, self._timeout)
+        timeout = self._timeout
+        try:
+            pending = start_call(self._definition, conn, "__call__", args, kwargs, timeout)
+        except CallTimeout:
+            supervised._kill_stuck(conn, "__call__", timeout)
+            raise
+        return _PendingCall(supervised, conn, pending, timeout)
 
     def _workers(self) -> Any:
         if self._owner is not None:

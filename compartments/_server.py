@@ -13,7 +13,8 @@ from typing import Any
 
 from . import _wire
 from ._channel import Channel
-from ._wire import FrameDecoder, Request
+from ._decoder import FrameDecoder
+from ._wire import Request
 from .errors import ProtocolError
 
 __all__ = ["Server"]

@@ -238,18 +238,17 @@ class Supervised:
         self, method: str, args: Sequence[Any], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
         conn = self.connection()
+        timeout = self.definition.timeout if timeout is None else timeout
         args, kwargs, brokered = _broker_peers(self.name, args, kwargs)
         try:
-            pending = start_call(self.definition, conn, method, args, kwargs)
-        finally:
-            for sock in brokered:
-                sock.close()
-        timeout = self.definition.timeout if timeout is None else timeout
-        try:
+            pending = start_call(self.definition, conn, method, args, kwargs, timeout)
             return conn.wait(pending, method, timeout)
         except CallTimeout:
             self._kill_stuck(conn, method, timeout)
             raise
+        finally:
+            for sock in brokered:
+                sock.close()
 
     def _kill_stuck(self, conn: Connection, method: str, timeout: float | None) -> None:
         """A sequential compartment that missed a deadline blocks every later call."""
@@ -265,10 +264,11 @@ def start_call(
     method: str,
     args: Sequence[Any],
     kwargs: dict[str, Any],
+    timeout: float | None,
 ) -> Any:
     args, kwargs, offloaded = _largebytes.offload(args, kwargs)
     try:
-        return conn.start_call(method, [args, kwargs])
+        return conn.start_call(method, [args, kwargs], timeout=timeout)
     except (TypeError, OverflowError):
         _check_arguments(definition, method, args, kwargs)
         raise

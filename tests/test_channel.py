@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from compartments._channel import CHANNEL_SYSCALLS, Channel, socketpair
+from compartments._decoder import FrameDecoder
 from compartments._wire import (
     Fd,
-    FrameDecoder,
     Request,
     Response,
     encode_request,

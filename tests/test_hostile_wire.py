@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from compartments import _wire, compartment
 from compartments._channel import Channel
 from compartments._connection import Connection
+from compartments._decoder import FrameDecoder
 from compartments._server import Server
-from compartments._wire import FrameDecoder, RemoteTraceback
+from compartments._wire import RemoteTraceback
 from compartments.errors import CallTimeout, CompartmentCrashed, ProtocolError
 from compartments.rulesets import SystemIO
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from compartments import _largebytes, _wire, compartment
+from compartments import _decoder, _largebytes, _wire, compartment
 from compartments.errors import ProtocolError
 from compartments.rulesets import SystemIO
 
@@ -77,7 +77,7 @@ def _memfd_frame(content: bytes, announced: int) -> tuple[bytes, int]:
 
 def test_memfd_shorter_than_announced_is_a_protocol_error() -> None:
     frame, fd = _memfd_frame(b"ten bytes!", announced=100)
-    decoder = _wire.FrameDecoder(name="hostile")
+    decoder = _decoder.FrameDecoder(name="hostile")
     with pytest.raises(ProtocolError, match="10 bytes, 100 were announced"):
         decoder.feed(frame, [fd])
         decoder.next_message()
@@ -85,7 +85,7 @@ def test_memfd_shorter_than_announced_is_a_protocol_error() -> None:
 
 def test_memfd_over_max_message_is_a_protocol_error() -> None:
     frame, fd = _memfd_frame(b"x", announced=1 << 40)
-    decoder = _wire.FrameDecoder(max_message=1 << 20, name="hostile")
+    decoder = _decoder.FrameDecoder(max_message=1 << 20, name="hostile")
     with pytest.raises(ProtocolError, match="exceeds max_message"):
         decoder.feed(frame, [fd])
         decoder.next_message()
@@ -98,7 +98,7 @@ def test_a_pipe_posing_as_a_memfd_is_a_protocol_error() -> None:
         [1, 7, None, msgpack.ExtType(_wire.EXT_MEMFD, _wire._MEMFD.pack(0, 5))],
         use_bin_type=True,
     )
-    decoder = _wire.FrameDecoder(name="hostile")
+    decoder = _decoder.FrameDecoder(name="hostile")
     with pytest.raises(ProtocolError, match="memfd"):
         decoder.feed(frame, [read_end])
         decoder.next_message()

@@ -191,3 +191,32 @@ def test_submit_result_timeout_only_stops_waiting() -> None:
     with pytest.raises(concurrent.futures.TimeoutError):
         future.result(timeout=0.05)
     assert future.result(timeout=5) == "late"
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP], timeout=0.3)
+def doze_briefly(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+def doze(seconds: float, payload: bytes = b"") -> int:
+    time.sleep(seconds)
+    return len(payload)
+
+
+def test_submit_honours_the_compartment_timeout() -> None:
+    future = doze_briefly.submit(30)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        future.result()
+    assert time.monotonic() - started < 5
+
+
+def test_a_call_to_a_compartment_that_stops_reading_times_out_while_sending() -> None:
+    busy = doze.submit(30)  # the child sleeps and reads nothing more
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        doze.with_timeout(0.5)(0, b"x" * (2 << 20))  # far more than a socket buffer holds
+    assert time.monotonic() - started < 5
+    with pytest.raises(CompartmentCrashed):  # the stuck child was killed, not waited for
+        busy.result(timeout=5)

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compartments._decoder import FrameDecoder
 from compartments._traceback import format_exception, warm_linecache
 from compartments._wire import (
     MAX_MSGID,
     Fd,
-    FrameDecoder,
     Message,
     Notification,
     PeerRef,

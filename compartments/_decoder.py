@@ -1,0 +1,466 @@
+"""Decoding frames from a peer that may be hostile: bounded, validated, fds accounted.
+
+The encoding side and the message types live in ``_wire``. A frame is one msgpack
+message, then the raw bytes of any trailing-bytes extensions it holds, in order; those
+are written straight into the ``bytes`` objects the message will hold (see
+``_largebytes``), and the message is held back until they are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
+
+import msgpack
+
+from . import _largebytes
+from ._fd import MAX_NAME_LENGTH, Fd, PeerRef
+from ._remote_errors import a_type
+from ._wire import (
+    _FD_INDEX,
+    _MEMFD,
+    _TRAILING,
+    DEFAULT_MAX_MESSAGE,
+    EXT_FD,
+    EXT_MEMFD,
+    EXT_PEER,
+    EXT_TRAILING,
+    MAX_METHOD_LENGTH,
+    MAX_MSGID,
+    NOTIFICATION,
+    REQUEST,
+    RESPONSE,
+    Message,
+    Notification,
+    Request,
+    Response,
+)
+from .errors import ProtocolError
+
+__all__ = ["MAX_PENDING_FDS", "FrameDecoder"]
+
+# Fds received ahead of the frame that claims them; more than this is an attack.
+MAX_PENDING_FDS = 64
+# Feeding in slices keeps the unpacker buffer at max_message + one slice.
+_FEED_SLICE = 2**20
+# What the unpacker sees first of each chunk: a frame head at the start of a chunk is
+# found before its trailing bytes are copied into the unpacker's buffer.
+_HEAD_SLICE = 16 << 10
+_MAX_EXT_LEN = _FD_INDEX.size + 4 * MAX_NAME_LENGTH
+_KEY_TYPES = frozenset({str, bytes, int, bool, float, type(None)})
+_tuple_new = tuple.__new__
+
+
+class _FdBatch:
+    """Fds that arrived with the bytes at stream offsets [start, end)."""
+
+    __slots__ = ("claimed", "end", "fds", "start")
+
+    def __init__(self, start: int, end: int, fds: list[int]) -> None:
+        self.start = start
+        self.end = end
+        self.fds = fds
+        self.claimed = 0
+
+
+class FrameDecoder:
+    """Turns a byte stream (plus received fds) into validated messages.
+
+    Every malformed, oversized or out-of-protocol input raises
+    :class:`~compartments.errors.ProtocolError`; after that the decoder stays broken
+    (the stream has lost sync) and the caller should close the channel.
+
+    Memory is bounded: a frame, trailing bytes included, may not exceed ``max_message``
+    bytes on the wire, and a container header may announce at most ``max_message // 8``
+    entries (msgpack preallocates them). Decoded Python objects can still be larger
+    than their wire form (an empty map is one byte on the wire and ~64 bytes as a
+    dict), so choose ``max_message`` with that amplification in mind.
+
+    Fds travel with the first chunk of the frame that references them; the sender
+    attaches them to its first ``sendmsg``, and the kernel delivers them with the
+    bytes of that first chunk. So fds fed with bytes [a, b) belong to the one frame
+    that starts within [a, b), which must reference all of them, in order.
+
+    While a frame's trailing bytes are due, :attr:`trailing_target` is the buffer they
+    go to; a reader may receive into it directly and report with
+    :meth:`trailing_received`, which is how a payload avoids every user-space copy.
+    """
+
+    def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE, name: str = "peer") -> None:
+        if max_message < 64:
+            raise ValueError("max_message must be at least 64 bytes")
+        self.max_message = max_message
+        self.name = name
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            use_list=True,
+            strict_map_key=False,
+            object_pairs_hook=self._checked_map,
+            ext_hook=self._decode_ext,
+            # A timestamp ext (-1) bypasses ext_hook; as a float it is just a number.
+            timestamp=1,
+            max_buffer_size=max_message + _FEED_SLICE,
+            max_str_len=max_message,
+            max_bin_len=max_message,
+            max_array_len=max_message // 8,
+            max_map_len=max_message // 16,
+            max_ext_len=_MAX_EXT_LEN,
+        )
+        self._ready: deque[Message] = deque()
+        self._fed = 0  # stream offset after the last byte fed
+        self._unpacker_fed = 0  # of which the unpacker saw this many
+        self._bypassed = 0  # and this many went straight into trailing bytes
+        self._frame_start = 0  # stream offset where the frame being decoded starts
+        self._batches: deque[_FdBatch] = deque()
+        self._frame_batch: _FdBatch | None = None
+        self._frame_fds: list[Fd] = []
+        # Trailing bytes of the frame being decoded: each new bytes object with the
+        # writable view of its contents, which keeps the object alive.
+        self._trailers: list[tuple[bytes, memoryview]] = []
+        self._trailing_total = 0
+        self._trailer_index = 0
+        self._held: Message | None = None  # a decoded message waiting for its trailers
+        #: The unfilled rest of the trailing bytes now due, or None between frames.
+        self.trailing_target: memoryview | None = None
+        self._broken: str | None = None
+
+    # ------------------------------------------------------------- public API
+
+    def feed(self, data: bytes | bytearray | memoryview, fds: Sequence[int] = ()) -> None:
+        """Add bytes (and the fds received with them); complete frames become ready.
+
+        The decoder takes ownership of ``fds`` (closing them on error).
+        """
+        if self._broken is not None:
+            _close_all(fds)
+            raise ProtocolError(self._broken)
+        size = len(data)
+        if fds:
+            self._accept_fds(size, fds)
+        if size <= _HEAD_SLICE and self.trailing_target is None:
+            self._feed_slice(data)
+            return
+        view = memoryview(data).cast("B")
+        offset, step = 0, _HEAD_SLICE
+        while offset < size:
+            target = self.trailing_target
+            if target is not None:
+                taken = min(len(target), size - offset)
+                target[:taken] = view[offset : offset + taken]
+                self._fed += taken
+                self._bypassed += taken
+                self._advance_trailing(taken)
+                offset += taken
+            else:
+                self._feed_slice(view[offset : offset + step])
+                offset += step
+                step = _FEED_SLICE
+
+    def trailing_received(self, size: int, fds: Sequence[int] = ()) -> None:
+        """``size`` bytes were written into :attr:`trailing_target` by the caller."""
+        if self._broken is not None or fds:
+            _close_all(fds)
+            if self._broken is not None:
+                raise ProtocolError(self._broken)
+            raise self._fail("fds arrived inside a frame's trailing bytes")
+        target = self.trailing_target
+        if target is None or not 0 < size <= len(target):
+            raise self._fail("trailing bytes received while none were due")
+        self._fed += size
+        self._bypassed += size
+        self._advance_trailing(size)
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None until more bytes arrive."""
+        return self._ready.popleft() if self._ready else None
+
+    def __iter__(self) -> Iterator[Message]:
+        while self._ready:
+            yield self._ready.popleft()
+
+    @property
+    def pending_fds(self) -> int:
+        return sum(len(batch.fds) - batch.claimed for batch in self._batches)
+
+    def close(self) -> None:
+        """Close fds not yet claimed by a frame and drop undelivered messages."""
+        self._ready.clear()
+        self._drop_trailers()
+        while self._batches:
+            batch = self._batches.popleft()
+            _close_all(batch.fds[batch.claimed :])
+        for fd in self._frame_fds:
+            fd.close()
+        self._frame_fds.clear()
+        if self._broken is None:
+            self._broken = f"decoder for `{self.name}` is closed"
+
+    # ---------------------------------------------------------------- internals
+
+    def _fail(self, what: str) -> ProtocolError:
+        """Break the decoder for good; the returned error is for the caller to raise."""
+        message = f"`{self.name}` sent a malformed frame: {what}"
+        self.close()
+        self._broken = message
+        return ProtocolError(message)
+
+    def _accept_fds(self, size: int, fds: Sequence[int]) -> None:
+        incoming = list(fds)
+        if size == 0:
+            _close_all(incoming)
+            raise self._fail("fds arrived without any bytes")
+        if self.trailing_target is not None:
+            _close_all(incoming)
+            raise self._fail("fds arrived inside a frame's trailing bytes")
+        if self.pending_fds + len(incoming) > MAX_PENDING_FDS:
+            _close_all(incoming)
+            raise self._fail(f"more than {MAX_PENDING_FDS} fds pending without a frame")
+        self._batches.append(_FdBatch(self._fed, self._fed + size, incoming))
+
+    def _feed_slice(self, data: bytes | bytearray | memoryview) -> None:
+        unpacker = self._unpacker
+        try:
+            unpacker.feed(data)
+        except Exception as exc:  # BufferFull cannot happen while frames stay in bounds
+            raise self._fail(f"buffer overflow ({exc})") from None
+        self._fed += len(data)
+        self._unpacker_fed += len(data)
+        try:
+            for obj in unpacker:
+                # Inline checks for well-formed messages; _reject explains the rest.
+                if type(obj) is list and len(obj) == 4:
+                    kind, msgid, third, fourth = obj
+                    if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
+                        self._reject(obj)
+                    if kind == REQUEST and type(kind) is int:
+                        if (
+                            type(third) is not str
+                            or not 0 < len(third) <= MAX_METHOD_LENGTH
+                            or type(fourth) is not list
+                        ):
+                            self._reject(obj)
+                        message: Message = _tuple_new(Request, (msgid, third, fourth))
+                    elif kind == RESPONSE and type(kind) is int:
+                        if third is not None and type(third) is not dict:
+                            self._reject(obj)
+                        message = _tuple_new(Response, (msgid, third, fourth))
+                    else:
+                        self._reject(obj)
+                elif type(obj) is list and len(obj) == 3:
+                    kind, method, params = obj
+                    if (
+                        kind != NOTIFICATION
+                        or type(kind) is not int
+                        or type(method) is not str
+                        or not 0 < len(method) <= MAX_METHOD_LENGTH
+                        or type(params) is not list
+                    ):
+                        self._reject(obj)
+                    message = _tuple_new(Notification, (method, params))
+                else:
+                    self._reject(obj)
+                if self._trailers:
+                    self._await_trailers(message)
+                else:
+                    self._deliver(message)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise self._fail(_describe_unpack_error(exc)) from None
+        if self._fed - self._frame_start > self.max_message:
+            raise self._fail(f"frame exceeds max_message ({self.max_message} bytes)")
+
+    def _deliver(self, message: Message) -> None:
+        end = self._unpacker.tell() + self._bypassed
+        if end - self._frame_start > self.max_message:
+            raise self._fail(f"frame exceeds max_message ({self.max_message} bytes)")
+        if self._frame_batch is not None or self._batches:
+            self._finish_frame(end)
+        self._frame_fds = []  # the message owns them now
+        self._ready.append(message)
+        self._frame_start = end
+
+    def _await_trailers(self, message: Message) -> None:
+        """Hold ``message`` until its trailing bytes are in; take those already buffered."""
+        self._held = message
+        self._trailer_index = 0
+        self.trailing_target = self._trailers[0][1]
+        buffered = self._unpacker_fed - self._unpacker.tell()
+        while buffered and self.trailing_target is not None:
+            taken = min(buffered, len(self.trailing_target))
+            self.trailing_target[:taken] = self._unpacker.read_bytes(taken)
+            buffered -= taken
+            self._advance_trailing(taken)
+
+    def _advance_trailing(self, size: int) -> None:
+        target = self.trailing_target
+        assert target is not None
+        if size < len(target):
+            self.trailing_target = target[size:]
+            return
+        self._trailer_index += 1
+        if self._trailer_index < len(self._trailers):
+            self.trailing_target = self._trailers[self._trailer_index][1]
+            return
+        message = self._held
+        assert message is not None
+        self._drop_trailers()
+        self._deliver(message)
+
+    def _drop_trailers(self) -> None:
+        self._trailers = []
+        self._trailing_total = 0
+        self._held = None
+        self.trailing_target = None
+
+    def _finish_frame(self, end: int) -> None:
+        batch = self._frame_batch
+        if batch is not None:
+            if batch.claimed != len(batch.fds):
+                raise self._fail(
+                    f"frame came with {len(batch.fds)} fds but references {batch.claimed}"
+                )
+            self._batches.popleft()
+            self._frame_batch = None
+        if self._batches and self._batches[0].end <= end:
+            raise self._fail("fds arrived with a frame that does not reference them")
+
+    def _reject(self, obj: object) -> NoReturn:
+        """Raise the ProtocolError that says what is wrong with a message."""
+        if type(obj) is not list or not obj:
+            raise self._fail(f"expected a non-empty array, got {a_type(obj)}")
+        kind = obj[0]
+        if type(kind) is not int or kind not in (REQUEST, RESPONSE, NOTIFICATION):
+            raise self._fail(f"unknown message type {_short(kind)}")
+        expected = 3 if kind == NOTIFICATION else 4
+        if len(obj) != expected:
+            raise self._fail(f"message of type {kind} has {len(obj)} fields, not {expected}")
+        if kind == NOTIFICATION:
+            self._check_method(obj[1])
+            self._check_params(obj[2])
+        else:
+            self._check_msgid(obj[1])
+        if kind == REQUEST:
+            self._check_method(obj[2])
+            self._check_params(obj[3])
+        if kind == RESPONSE:
+            raise self._fail(f"response error is {a_type(obj[2])}, not a map or nil")
+        raise self._fail("message rejected")  # unreachable unless the checks disagree
+
+    def _check_msgid(self, msgid: object) -> None:
+        if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
+            raise self._fail(f"msgid must be an int in 0..{MAX_MSGID}, got {_short(msgid)}")
+
+    def _check_method(self, method: object) -> None:
+        if type(method) is not str or not 0 < len(method) <= MAX_METHOD_LENGTH:
+            raise self._fail(
+                f"method must be a str of 1..{MAX_METHOD_LENGTH} chars, got {_short(method)}"
+            )
+
+    def _check_params(self, params: object) -> None:
+        if type(params) is not list:
+            raise self._fail(f"params must be an array, got {a_type(params)}")
+
+    def _checked_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        for key, _ in pairs:
+            if type(key) not in _KEY_TYPES:
+                raise self._fail(f"map key of type {type(key).__name__} is not allowed")
+        if self._trailers:  # hashing unfilled bytes would cache a hash of garbage
+            unfilled = {id(data) for data, _ in self._trailers}
+            if any(id(key) in unfilled for key, _ in pairs):
+                raise self._fail("trailing bytes used as a map key")
+        return dict(pairs)
+
+    def _decode_ext(self, code: int, payload: bytes) -> object:
+        if code == EXT_TRAILING:
+            return self._trailing_bytes(payload)
+        if code == EXT_FD:
+            if len(payload) != _FD_INDEX.size:
+                raise self._fail(f"Fd extension of {len(payload)} bytes")
+            return self._claim_fd(_FD_INDEX.unpack(payload)[0])
+        if code == EXT_PEER:
+            if len(payload) <= _FD_INDEX.size:
+                raise self._fail("PeerRef extension without a name")
+            try:
+                name = payload[_FD_INDEX.size :].decode("utf-8")
+            except UnicodeDecodeError:
+                raise self._fail("PeerRef name is not valid UTF-8") from None
+            if len(name) > MAX_NAME_LENGTH:
+                raise self._fail(f"PeerRef name longer than {MAX_NAME_LENGTH} chars")
+            fd = self._claim_fd(_FD_INDEX.unpack_from(payload)[0])
+            return PeerRef(fd, name)
+        if code == EXT_MEMFD:
+            return self._large_bytes(payload)
+        raise self._fail(f"unknown extension type {code}")
+
+    def _trailing_bytes(self, payload: bytes) -> bytes:
+        if len(payload) != _TRAILING.size:
+            raise self._fail(f"trailing-bytes extension of {len(payload)} bytes")
+        (size,) = _TRAILING.unpack(payload)
+        if size < 2:  # the sender inlines small bytes; tiny ones would be shared objects
+            raise self._fail(f"trailing bytes of {size} bytes")
+        self._trailing_total += size
+        if self._trailing_total > self.max_message:
+            raise self._fail(f"trailing bytes exceed max_message ({self.max_message} bytes)")
+        data, view = _largebytes.unfilled_bytes(size)
+        self._trailers.append((data, view))
+        return data
+
+    def _large_bytes(self, payload: bytes) -> bytes:
+        if len(payload) != _MEMFD.size:
+            raise self._fail(f"memfd extension of {len(payload)} bytes")
+        index, size = _MEMFD.unpack(payload)
+        if size > self.max_message:
+            raise self._fail(f"memfd payload of {size} bytes exceeds max_message")
+        with self._claim_fd(index) as fd:
+            try:
+                data = _largebytes.reader(fd.fileno(), size)
+            except OSError as exc:
+                raise self._fail(f"unreadable memfd payload: {exc}") from None
+        if len(data) != size:
+            raise self._fail(f"memfd held {len(data)} bytes, {size} were announced")
+        return data
+
+    def _claim_fd(self, index: int) -> Fd:
+        batch = self._frame_batch
+        if batch is None:
+            if not self._batches:
+                raise self._fail("frame references an fd but none was received")
+            batch = self._batches[0]
+            if not batch.start <= self._frame_start < batch.end:
+                raise self._fail("frame references an fd that was sent with another frame")
+            self._frame_batch = batch
+        if index != batch.claimed:
+            raise self._fail(f"fd index {index} out of order (expected {batch.claimed})")
+        if batch.claimed >= len(batch.fds):
+            raise self._fail(
+                f"frame references more fds than the {len(batch.fds)} received with it"
+            )
+        fd = Fd._adopt(batch.fds[batch.claimed])
+        batch.claimed += 1
+        self._frame_fds.append(fd)
+        return fd
+
+
+def _describe_unpack_error(exc: Exception) -> str:
+    if isinstance(exc, msgpack.StackError):
+        return "nesting too deep"
+    if isinstance(exc, UnicodeDecodeError):
+        return "str is not valid UTF-8"
+    if isinstance(exc, TypeError):
+        return f"unusable map key ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+def _short(value: object) -> str:
+    text = repr(value) if isinstance(value, (int, float, bool, type(None))) else a_type(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
