@@ -95,9 +95,52 @@ class Connection:
         timeout: float | None = None,
         names: Sequence[str] | None = None,
     ) -> Any:
-        """Send a request and wait for its reply; raise what the compartment raised."""
-        slot = self.start_call(method, params, names=names, timeout=timeout)
-        return self.wait(slot, method, timeout)
+        """Send a request and wait for its reply; raise what the compartment raised.
+
+        When no other thread is reading, the caller becomes the reader before it sends
+        and reads its own reply with no slot and no hand-off: the common case, kept short.
+        """
+        with self._lock:
+            alone = not self._reading
+            if alone:
+                self._reading = True
+        if not alone:
+            call = self.start_call(method, params, names=names, timeout=timeout)
+            return self.wait(call, method, timeout)
+        try:
+            return self._call_as_reader(method, params, names, timeout)
+        finally:
+            with self._lock:
+                self._reading = False
+                if self._waiters:
+                    self._cond.notify_all()
+
+    def _call_as_reader(
+        self, method: str, params: Sequence[Any], names: Sequence[str] | None, timeout: float | None
+    ) -> Any:
+        msgid = self._send_request(method, params, names, timeout, None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        decoder, channel = self._decoder, self.channel
+        mine: Response | None = None
+        while mine is None:
+            if deadline is not None and not self._readable_before(deadline):
+                with self._lock:
+                    self._abandoned.append(msgid)  # its reply may still come: drop it then
+                raise CallTimeout(self.name, method, timeout or 0.0)
+            try:
+                if not channel.receive_into(decoder):
+                    raise ConnectionResetError(f"`{self.name}` closed its channel")
+                while (message := decoder.next_message()) is not None:
+                    if type(message) is Response and message.msgid == msgid:
+                        mine = message
+                    else:  # other threads' replies: nobody else reads while we do
+                        self._dispatch(message)
+            except (ProtocolError, OSError) as exc:
+                self._fail(exc)
+        self.responses_seen += 1
+        if mine.error is not None:
+            raise self._remote_error(mine.error)
+        return mine.result
 
     def start_call(
         self,
@@ -110,6 +153,18 @@ class Connection:
         """Send a request. A peer that stops reading cannot block this past ``timeout``;
         if it does, the connection fails (half a frame may be out) and CallTimeout is raised.
         """
+        slot = _Slot()
+        return self._send_request(method, params, names, timeout, slot), slot
+
+    def _send_request(
+        self,
+        method: str,
+        params: Sequence[Any],
+        names: Sequence[str] | None,
+        timeout: float | None,
+        slot: _Slot | None,
+    ) -> int:
+        """Encode and send; ``slot`` (if any) is where the reply will be delivered."""
         msgid = next(self._ids) & _wire.MAX_MSGID
         data, fds = _wire.encode_request(msgid, method, params, names=names)
         size = len(data) if type(data) is bytes else _wire.frame_size(data)
@@ -118,11 +173,11 @@ class Connection:
                 f"call `{method}` to `{self.name}` is a {size}-byte frame, over the "
                 f"compartment's max_message of {self.max_message} bytes"
             )
-        slot = _Slot()
         with self._lock:
             if self._failure is not None:
                 raise self._failure
-            self._pending[msgid] = slot
+            if slot is not None:
+                self._pending[msgid] = slot
             self.calls_started += 1
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -132,7 +187,7 @@ class Connection:
             raise CallTimeout(self.name, method, timeout or 0.0) from None
         except OSError as exc:
             self._fail(exc)
-        return msgid, slot
+        return msgid
 
     def wait(
         self,
@@ -276,15 +331,16 @@ class Connection:
                 )
             self.responses_seen += 1
             if response.error is not None:
-                error = _wire.decode_error(response.error, self.name)
-                if self.translate_error is not None:
-                    error = self.translate_error(error)
-                slot.error = error
+                slot.error = self._remote_error(response.error)
             else:
                 slot.value = response.result
             slot.done = True
             if self._waiters:
                 self._cond.notify_all()
+
+    def _remote_error(self, payload: dict[Any, Any]) -> BaseException:
+        error = _wire.decode_error(payload, self.name)
+        return error if self.translate_error is None else self.translate_error(error)
 
     # -- failing ---------------------------------------------------------------------
 

@@ -94,21 +94,23 @@ class FrameDecoder:
             raise ValueError("max_message must be at least 64 bytes")
         self.max_message = max_message
         self.name = name
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            use_list=True,
-            strict_map_key=False,
-            object_pairs_hook=self._checked_map,
-            ext_hook=self._decode_ext,
+        limits = {
+            "raw": False,
+            "use_list": True,
+            "strict_map_key": False,
+            "object_pairs_hook": self._checked_map,
             # A timestamp ext (-1) bypasses ext_hook; as a float it is just a number.
-            timestamp=1,
-            max_buffer_size=max_message + _FEED_SLICE,
-            max_str_len=max_message,
-            max_bin_len=max_message,
-            max_array_len=max_message // 8,
-            max_map_len=max_message // 16,
-            max_ext_len=_MAX_EXT_LEN,
+            "timestamp": 1,
+            "max_str_len": max_message,
+            "max_bin_len": max_message,
+            "max_array_len": max_message // 8,
+            "max_map_len": max_message // 16,
+            "max_ext_len": _MAX_EXT_LEN,
+        }
+        self._unpacker = msgpack.Unpacker(
+            ext_hook=self._decode_ext, max_buffer_size=max_message + _FEED_SLICE, **limits
         )
+        self._alone_options = {**limits, "ext_hook": _hand_to_the_stream}
         self._ready: deque[Message] = deque()
         self._fed = 0  # stream offset after the last byte fed
         self._unpacker_fed = 0  # of which the unpacker saw this many
@@ -141,7 +143,12 @@ class FrameDecoder:
         if fds:
             self._accept_fds(size, fds)
         if size <= _HEAD_SLICE and self.trailing_target is None:
-            self._feed_slice(data)
+            if (
+                self._fed != self._frame_start  # a partial frame is buffered
+                or self._batches
+                or not self._decode_alone(data)
+            ):
+                self._feed_slice(data)
             return
         view = memoryview(data).cast("B")
         offset, step = 0, _HEAD_SLICE
@@ -230,38 +237,7 @@ class FrameDecoder:
         self._unpacker_fed += len(data)
         try:
             for obj in unpacker:
-                # Inline checks for well-formed messages; _reject explains the rest.
-                if type(obj) is list and len(obj) == 4:
-                    kind, msgid, third, fourth = obj
-                    if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
-                        self._reject(obj)
-                    if kind == REQUEST and type(kind) is int:
-                        if (
-                            type(third) is not str
-                            or not 0 < len(third) <= MAX_METHOD_LENGTH
-                            or type(fourth) is not list
-                        ):
-                            self._reject(obj)
-                        message: Message = _tuple_new(Request, (msgid, third, fourth))
-                    elif kind == RESPONSE and type(kind) is int:
-                        if third is not None and type(third) is not dict:
-                            self._reject(obj)
-                        message = _tuple_new(Response, (msgid, third, fourth))
-                    else:
-                        self._reject(obj)
-                elif type(obj) is list and len(obj) == 3:
-                    kind, method, params = obj
-                    if (
-                        kind != NOTIFICATION
-                        or type(kind) is not int
-                        or type(method) is not str
-                        or not 0 < len(method) <= MAX_METHOD_LENGTH
-                        or type(params) is not list
-                    ):
-                        self._reject(obj)
-                    message = _tuple_new(Notification, (method, params))
-                else:
-                    self._reject(obj)
+                message = self._as_message(obj)
                 if self._trailers:
                     self._await_trailers(message)
                 else:
@@ -272,6 +248,58 @@ class FrameDecoder:
             raise self._fail(_describe_unpack_error(exc)) from None
         if self._fed - self._frame_start > self.max_message:
             raise self._fail(f"frame exceeds max_message ({self.max_message} bytes)")
+
+    def _as_message(self, obj: Any) -> Message:
+        """Inline checks for well-formed messages; _reject explains the rest."""
+        if type(obj) is list and len(obj) == 4:
+            kind, msgid, third, fourth = obj
+            if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
+                self._reject(obj)
+            if kind == REQUEST and type(kind) is int:
+                if (
+                    type(third) is not str
+                    or not 0 < len(third) <= MAX_METHOD_LENGTH
+                    or type(fourth) is not list
+                ):
+                    self._reject(obj)
+                message: Message = _tuple_new(Request, (msgid, third, fourth))
+                return message
+            if kind == RESPONSE and type(kind) is int:
+                if third is not None and type(third) is not dict:
+                    self._reject(obj)
+                message = _tuple_new(Response, (msgid, third, fourth))
+                return message
+        elif type(obj) is list and len(obj) == 3:
+            kind, method, params = obj
+            if (
+                kind == NOTIFICATION
+                and type(kind) is int
+                and type(method) is str
+                and 0 < len(method) <= MAX_METHOD_LENGTH
+                and type(params) is list
+            ):
+                message = _tuple_new(Notification, (method, params))
+                return message
+        self._reject(obj)
+
+    def _decode_alone(self, data: bytes | bytearray | memoryview) -> bool:
+        """The common case, cheaply: ``data`` is exactly one whole frame without fds or
+        extensions. False (nothing consumed) when it is anything else."""
+        try:
+            obj = msgpack.unpackb(data, **self._alone_options)
+        except ProtocolError:
+            raise
+        except Exception:  # extra or missing bytes, an extension: the stream decides
+            return False
+        size = len(data)
+        if size > self.max_message:
+            raise self._fail(f"frame exceeds max_message ({self.max_message} bytes)")
+        message = self._as_message(obj)
+        self._fed += size
+        self._bypassed += size
+        self._frame_start = self._fed
+        self._ready.append(message)
+        return True
 
     def _deliver(self, message: Message) -> None:
         end = self._unpacker.tell() + self._bypassed
@@ -443,6 +471,14 @@ class FrameDecoder:
         batch.claimed += 1
         self._frame_fds.append(fd)
         return fd
+
+
+class _NotAlone(Exception):
+    """An extension makes a frame depend on the stream (fds, trailing bytes)."""
+
+
+def _hand_to_the_stream(code: int, payload: bytes) -> NoReturn:
+    raise _NotAlone
 
 
 def _describe_unpack_error(exc: Exception) -> str:

@@ -19,7 +19,7 @@ from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._rules import ruleset_to_data
 from ._supervisor import START_TIMEOUT, ChildProcess, get_zygote, new_connection
 from ._violations import ViolationLog, log
-from ._wire import Fd, PeerRef
+from ._wire import Fd, PeerRef, RemoteTraceback
 from .errors import CallTimeout, CompartmentClosed, CompartmentCrashed
 
 __all__ = [
@@ -240,13 +240,18 @@ class Supervised:
         conn = self.connection()
         timeout = self.definition.timeout if timeout is None else timeout
         args, kwargs, brokered = _broker_peers(self.name, args, kwargs)
+        args, kwargs, offloaded = _largebytes.offload(args, kwargs)
         try:
-            pending = start_call(self.definition, conn, method, args, kwargs, timeout)
-            return conn.wait(pending, method, timeout)
+            return conn.call(method, [args, kwargs], timeout=timeout)
         except CallTimeout:
             self._kill_stuck(conn, method, timeout)
             raise
+        except (TypeError, OverflowError) as exc:
+            if not isinstance(exc.__cause__, RemoteTraceback):  # ours: it could not be sent
+                _check_arguments(self.definition, method, args, kwargs)
+            raise
         finally:
+            _largebytes.close_all(offloaded)  # sent (or not): the receiver has its own copy
             for sock in brokered:
                 sock.close()
 
