@@ -106,7 +106,7 @@ class Channel:
         them) or raise TimeoutError. Waiting for another thread's frame to go out also
         ends at ``deadline`` (a ``time.monotonic()`` value).
         """
-        if len(fds) > MAX_FDS_PER_FRAME:
+        if fds and len(fds) > MAX_FDS_PER_FRAME:
             raise ValueError(f"at most {MAX_FDS_PER_FRAME} fds per frame, got {len(fds)}")
         lock = self._send_lock
         if not lock.acquire(False) and not lock.acquire(True, _seconds_left(deadline)):

@@ -110,7 +110,13 @@ class FrameDecoder:
         self._unpacker = msgpack.Unpacker(
             ext_hook=self._decode_ext, max_buffer_size=max_message + _FEED_SLICE, **limits
         )
-        self._alone_options = {**limits, "ext_hook": _hand_to_the_stream}
+        # unpackb bounds every length by the input's own size, so only the hooks remain.
+        self._alone_options = {
+            "strict_map_key": False,
+            "object_pairs_hook": self._checked_map,
+            "ext_hook": _hand_to_the_stream,
+            "timestamp": 1,
+        }
         self._ready: deque[Message] = deque()
         self._fed = 0  # stream offset after the last byte fed
         self._unpacker_fed = 0  # of which the unpacker saw this many
@@ -146,6 +152,7 @@ class FrameDecoder:
             if (
                 self._fed != self._frame_start  # a partial frame is buffered
                 or self._batches
+                or size > self.max_message
                 or not self._decode_alone(data)
             ):
                 self._feed_slice(data)
@@ -291,10 +298,8 @@ class FrameDecoder:
             raise
         except Exception:  # extra or missing bytes, an extension: the stream decides
             return False
-        size = len(data)
-        if size > self.max_message:
-            raise self._fail(f"frame exceeds max_message ({self.max_message} bytes)")
         message = self._as_message(obj)
+        size = len(data)
         self._fed += size
         self._bypassed += size
         self._frame_start = self._fed

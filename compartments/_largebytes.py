@@ -77,13 +77,6 @@ def _maybe(value: Any, made: list[LargeBytes]) -> Any:
     return large
 
 
-def trailing(value: Any) -> Any:
-    """``value`` marked to travel as trailing bytes, if it is bytes big enough to gain."""
-    if type(value) is bytes and len(value) >= TRAILING_MIN:
-        return TrailingBytes(value)
-    return value
-
-
 def offload(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[LargeBytes]]:  # noqa: E501
     """Replace large top-level bytes arguments by trailing bytes or memfds.
 

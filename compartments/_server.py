@@ -58,8 +58,8 @@ class Server:
         try:
             if not channel.receive_into(decoder):
                 return False
-            for message in decoder:
-                if isinstance(message, Request):
+            while (message := decoder.next_message()) is not None:
+                if type(message) is Request:
                     self._answer(channel, message)
         except (ProtocolError, ConnectionError):
             return False

@@ -176,7 +176,8 @@ def encode_response(
     """
     if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
         _bad_msgid(msgid)
-    result = _largebytes.trailing(result)
+    if type(result) is bytes and len(result) >= _largebytes.TRAILING_MIN:
+        result = _largebytes.TrailingBytes(result)
     return _encode_frame([RESPONSE, msgid, error, result], _explain_result, result, method)
 
 

@@ -261,6 +261,36 @@ def test_a_wrong_type_in_any_field_is_a_protocol_error(message: list[Any]) -> No
         FrameDecoder().feed(frame(message))
 
 
+@pytest.mark.parametrize(
+    "message",
+    [[0, -1, "m", []], [0, 1, "", []], [1, 1, "error", None], [2, 7, []], [0, 1, "m", [{(1,): 2}]]],
+    ids=repr,
+)
+def test_a_whole_frame_is_refused_in_the_same_words_as_a_streamed_one(message: list[Any]) -> None:
+    data = frame(message)
+    with pytest.raises(ProtocolError) as whole:
+        FrameDecoder().feed(data)  # one receive holding exactly one frame: the short path
+    streamed = FrameDecoder()
+    with pytest.raises(ProtocolError) as split:
+        for index in range(len(data)):
+            streamed.feed(data[index : index + 1])
+    assert str(whole.value) == str(split.value)
+
+
+def test_a_whole_frame_over_max_message_is_refused() -> None:
+    data, _ = encode_request(1, "m", ["x" * 2000])
+    with pytest.raises(ProtocolError, match="exceeds max_"):
+        FrameDecoder(max_message=1000).feed(data)
+
+
+def test_two_whole_frames_in_one_receive_both_arrive() -> None:
+    first, _ = encode_request(1, "m", [1])
+    second, _ = encode_request(2, "m", [2])
+    decoder = FrameDecoder()
+    decoder.feed(first + second)
+    assert list(decoder) == [Request(1, "m", [1]), Request(2, "m", [2])]
+
+
 def test_a_4_gib_length_header_fails_without_allocating() -> None:
     decoder = FrameDecoder(max_message=4096)
     header = frame([0, 1, "m", []])[:-1] + b"\x91\xc6" + struct.pack("!I", 2**32 - 1)
@@ -282,7 +312,7 @@ def test_a_single_value_larger_than_max_message_is_rejected() -> None:
 
 def test_a_frame_of_small_values_adding_up_past_max_message_is_rejected() -> None:
     data, _ = encode_request(1, "m", [b"x" * 100] * 30)
-    with pytest.raises(ProtocolError, match="exceeds max_message"):
+    with pytest.raises(ProtocolError, match="exceeds max_"):
         FrameDecoder(max_message=1000).feed(data)
 
 
