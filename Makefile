@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo bench soak fuzz clean
+.PHONY: test lint demo bench profile soak fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+profile: $(STAMP)
+	$(PY) -m bench.profile
 
 soak: $(STAMP)
 	COMPARTMENTS_SOAK=1 $(PY) -m pytest -m soak -s --timeout=1800

@@ -50,3 +50,8 @@ noop_unsealed = unsealed(noop)
 @compartment(rules=[SystemIO.nothing()], max_message=128 << 20)
 def consume(payload: bytes) -> int:
     return len(payload)
+
+
+@compartment(rules=[SystemIO.nothing()])
+def produce(size: int) -> bytes:
+    return bytes(size)

@@ -85,6 +85,12 @@ def _ext(code: int, data: bytes) -> bytes:
     return b"\xc7" + bytes([len(data)]) + struct.pack("b", code) + data
 
 
+def _trailing_reply(size: int) -> bytes:
+    """A reply whose result is announced as ``size`` trailing bytes."""
+    ext = msgpack.ExtType(_wire.EXT_TRAILING, struct.pack("!Q", size))
+    return b"\x94\x01\x01\xc0" + msgpack.packb(ext)
+
+
 def _nested(header: bytes, depth: int) -> bytes:
     return b"\x94\x01\x01\xc0" + header * depth
 
@@ -161,6 +167,22 @@ HOSTILE_FRAMES: dict[str, tuple[bytes, str]] = {
     "truncated frame then EOF": (_response(None, b"x" * 1000)[:500], "exit"),
     "frame over max_message": (b"\x94\x01\x01\xc0\xc6" + struct.pack(">I", 5 * MiB), "hang:pad"),
     "request over the child's max_message": (bytes(5 * MiB), "never sent"),
+    "trailing bytes announced, never sent": (_trailing_reply(3 * MiB), "hang:timeout"),
+    "trailing bytes past max_message": (_trailing_reply(5 * MiB), "hang"),
+    "trailing bytes claiming 16 EiB": (_trailing_reply(2**64 - 1), "hang"),
+    "trailing bytes of one byte": (_trailing_reply(1) + b"x", "hang"),
+    "trailing bytes of a bad ext length": (
+        b"\x94\x01\x01\xc0" + msgpack.packb(msgpack.ExtType(_wire.EXT_TRAILING, bytes(3))),
+        "hang",
+    ),
+    "trailing bytes as a map key": (
+        b"\x94\x01\x01\xc0\x81"
+        + msgpack.packb(msgpack.ExtType(_wire.EXT_TRAILING, struct.pack("!Q", 64)))
+        + b"\x01"
+        + bytes(64),
+        "hang",
+    ),
+    "trailing bytes cut short by EOF": (_trailing_reply(MiB) + bytes(1000), "exit"),
 }
 
 
