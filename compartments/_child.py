@@ -86,7 +86,8 @@ class PeerProxy:
             raise AttributeError(method)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._connection.call(method, [list(args), kwargs])
+            sent, named, _ = _largebytes.offload(args, kwargs, memfds=False)
+            return self._connection.call(method, [sent, named])
 
         call.__name__ = method
         return call

@@ -67,26 +67,32 @@ def _to_memfd(data: bytes) -> LargeBytes:
     return LargeBytes(fd, len(data))
 
 
-def _maybe(value: Any, made: list[LargeBytes]) -> Any:
+def _maybe(value: Any, made: list[LargeBytes] | None) -> Any:
     if type(value) is not bytes or len(value) < TRAILING_MIN:
         return value
-    if len(value) < THRESHOLD:
+    if made is None or len(value) < THRESHOLD:
         return TrailingBytes(value)
     large = _to_memfd(value)
     made.append(large)
     return large
 
 
-def offload(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[LargeBytes]]:  # noqa: E501
-    """Replace large top-level bytes arguments by trailing bytes or memfds.
+def offload(
+    args: Sequence[Any], kwargs: dict[str, Any], *, memfds: bool = True
+) -> tuple[list[Any], dict[str, Any], list[LargeBytes]]:
+    """Replace large top-level bytes arguments by trailing bytes or (``memfds``) memfds.
 
-    Close the memfds (the third item) once the call is sent.
+    Close the memfds (the third item) once the call is sent. A sealed compartment
+    calling another passes ``memfds=False``: it may not create them.
     """
     made: list[LargeBytes] = []
     if not args and not kwargs:
         return [], kwargs, made
-    new_args = [_maybe(value, made) for value in args]
-    new_kwargs = {key: _maybe(value, made) for key, value in kwargs.items()} if kwargs else kwargs
+    collect = made if memfds else None
+    new_args = [_maybe(value, collect) for value in args]
+    new_kwargs = (
+        {key: _maybe(value, collect) for key, value in kwargs.items()} if kwargs else kwargs
+    )
     return new_args, new_kwargs, made
 
 

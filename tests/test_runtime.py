@@ -145,6 +145,11 @@ class Front:
             total = self.counter.add(1)
         return total
 
+    def relay_bytes(self, size: int) -> list[Any]:
+        sent = bytes(range(256)) * (size // 256)
+        echoed = self.counter.echo(sent)  # large both ways, sealed on both ends
+        return [type(echoed).__name__, echoed == sent, len(echoed)]
+
 
 @compartment(rules=[SystemIO.nothing(), SLEEP])
 class Fragile:
@@ -395,6 +400,12 @@ def test_proxy_given_as_a_call_argument_carries_calls_directly() -> None:
         before = parent_line.calls_started
         assert front.relay(3) == 10
         assert parent_line.calls_started == before
+
+
+def test_large_bytes_cross_a_direct_line_both_ways() -> None:
+    with Counter() as counter, Front(counter) as front:
+        assert front.relay_bytes(1 << 20) == ["bytes", True, 1 << 20]
+        assert front.violations == [] and counter.violations == []
 
 
 # -- hostile children and crashes -------------------------------------------------------

@@ -269,3 +269,10 @@ def test_pipelined_calls_with_mixed_sizes_each_get_their_own_reply() -> None:
     payloads = [os.urandom(size) for size in (10, BIG, 3 * BIG, 5, ONE_MIB, BIG + 1) * 8]
     futures = [echo.submit(payload) for payload in payloads]
     assert [future.result(timeout=30) for future in futures] == payloads
+
+
+def test_a_sealed_caller_sends_even_huge_bytes_as_trailing_bytes_not_memfds() -> None:
+    huge = bytes(2 * _largebytes.THRESHOLD)
+    args, _, made = _largebytes.offload([huge], {}, memfds=False)
+    assert made == [] and isinstance(args[0], _largebytes.TrailingBytes)
+    assert args[0].data is huge
