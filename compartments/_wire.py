@@ -112,18 +112,24 @@ _packers = threading.local()
 
 
 def _thread_packer() -> Any:
-    """A Packer per thread: half the cost of ``msgpack.packb``, which builds one per call."""
+    """A Packer per thread: half the cost of ``msgpack.packb``, which builds one (and
+    its 1 MiB buffer) per call."""
     packer = _packers.packer = msgpack.Packer(
         use_bin_type=True, default=_fast_default, datetime=False
     )
     return packer
 
 
-def _pack_collecting(obj: object) -> tuple[FrameBytes, list[int]]:
-    fds: list[int] = []
-    trailers: list[bytes] = []
+class _Collector:
+    """The second pass: a thread's Packer whose hook moves fds and trailing bytes out."""
 
-    def default(value: object) -> object:
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.trailers: list[bytes] = []
+        self.packer = msgpack.Packer(use_bin_type=True, default=self.default, datetime=False)
+
+    def default(self, value: object) -> object:
+        fds = self.fds
         if isinstance(value, Fd):
             fds.append(value.fileno())
             return msgpack.ExtType(EXT_FD, _FD_INDEX.pack(len(fds) - 1))
@@ -135,16 +141,31 @@ def _pack_collecting(obj: object) -> tuple[FrameBytes, list[int]]:
             fds.append(value.fd)
             return msgpack.ExtType(EXT_MEMFD, _MEMFD.pack(len(fds) - 1, value.size))
         if isinstance(value, _largebytes.TrailingBytes):
-            trailers.append(value.data)
+            self.trailers.append(value.data)
             return msgpack.ExtType(EXT_TRAILING, _TRAILING.pack(len(value.data)))
         raise TypeError(f"can not serialize {type(value).__name__!r} object")
 
-    data: bytes = msgpack.packb(obj, use_bin_type=True, default=default, datetime=False)
-    if len(fds) > MAX_FDS_PER_FRAME:
-        raise ValueError(
-            f"a frame can carry at most {MAX_FDS_PER_FRAME} Fd/PeerRef values, got {len(fds)}"
-        )
-    return ([data, *trailers] if trailers else data), fds
+    def pack(self, obj: object) -> tuple[FrameBytes, list[int]]:
+        fds: list[int] = []
+        trailers: list[bytes] = []
+        self.fds, self.trailers = fds, trailers
+        try:
+            data: bytes = self.packer.pack(obj)
+        finally:  # the caller's fds and bytes are not kept alive here
+            self.fds, self.trailers = [], []
+        if len(fds) > MAX_FDS_PER_FRAME:
+            raise ValueError(
+                f"a frame can carry at most {MAX_FDS_PER_FRAME} Fd/PeerRef values, got {len(fds)}"
+            )
+        return ([data, *trailers] if trailers else data), fds
+
+
+def _pack_collecting(obj: object) -> tuple[FrameBytes, list[int]]:
+    try:
+        collector: _Collector = _packers.collector
+    except AttributeError:
+        collector = _packers.collector = _Collector()
+    return collector.pack(obj)
 
 
 # The three encoders repeat their fast path inline: a shared helper taking a closure
