@@ -33,6 +33,9 @@ CHANNEL_TEARDOWN_SYSCALLS: frozenset[str] = frozenset({"shutdown", "close"})
 
 # Enough for what a unix socket delivers per call (its send buffer is ~200 KiB).
 RECEIVE_BUFFER_SIZE = 256 * 1024
+# What is read at a frame boundary: all of a small frame, but little of a large one's
+# trailing bytes, which are better received straight into their destination.
+HEAD_RECEIVE_SIZE = 16 * 1024
 _FD_ITEM = array.array("i").itemsize
 _ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * _FD_ITEM)
 # Plain ints: the socket module's IntFlag members make `flags & X` a slow enum call.
@@ -72,6 +75,7 @@ class Channel:
         self._send_lock = threading.Lock()
         self._buffer = bytearray(RECEIVE_BUFFER_SIZE)
         self._buffers = [memoryview(self._buffer)]
+        self._head_buffers = [memoryview(self._buffer)[:HEAD_RECEIVE_SIZE]]
         self._closed = False
 
     def fileno(self) -> int:
@@ -158,8 +162,14 @@ class Channel:
         arrived.
         """
         target = decoder.trailing_target
+        if target is not None:
+            buffers = [target]
+        elif decoder.between_frames:  # a short read: trailing bytes must not land here
+            buffers = self._head_buffers
+        else:
+            buffers = self._buffers
         nbytes, ancdata, flags, _ = self._sock.recvmsg_into(
-            self._buffers if target is None else [target], _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC
+            buffers, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC
         )
         fds = _received_fds(ancdata) if ancdata else []
         if flags & _MSG_CTRUNC:
@@ -171,7 +181,7 @@ class Channel:
             _close_quietly(fds)
             return False
         if target is None:
-            decoder.feed(self._buffers[0][:nbytes], fds)
+            decoder.feed(buffers[0][:nbytes], fds)
         else:
             decoder.trailing_received(nbytes, fds)
         return True

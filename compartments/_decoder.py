@@ -187,6 +187,11 @@ class FrameDecoder:
         self._bypassed += size
         self._advance_trailing(size)
 
+    @property
+    def between_frames(self) -> bool:
+        """No part of a frame is buffered: the next byte starts a new one."""
+        return self._fed == self._frame_start
+
     def next_message(self) -> Message | None:
         """The next complete message, or None until more bytes arrive."""
         return self._ready.popleft() if self._ready else None

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compartments import _largebytes, _wire, compartment
-from compartments._channel import Channel, socketpair
+from compartments._channel import HEAD_RECEIVE_SIZE, Channel, socketpair
 from compartments._decoder import FrameDecoder
 from compartments._wire import Fd, Request, Response, encode_request, encode_response
 from compartments.errors import ProtocolError
@@ -245,6 +245,23 @@ def test_a_channel_receives_trailing_bytes_straight_into_their_destination() -> 
     sender.join()
     assert message == Response(9, None, payload)
     assert direct > 1  # most of 4 MiB bypassed the channel's own buffer
+    left.close()
+    right.close()
+
+
+def test_a_channel_reads_only_a_frame_head_sized_chunk_at_a_frame_boundary() -> None:
+    left, right = socketpair()
+    payload = os.urandom(ONE_MIB)
+    data, fds = encode_response(3, None, payload)
+    sender = threading.Thread(target=left.send, args=(data, fds))
+    sender.start()
+    decoder = right.new_decoder()
+    assert right.receive_into(decoder)
+    target = decoder.trailing_target
+    assert target is not None and len(target) >= ONE_MIB - HEAD_RECEIVE_SIZE
+    while decoder.next_message() is None:
+        assert right.receive_into(decoder)
+    sender.join()
     left.close()
     right.close()
 
