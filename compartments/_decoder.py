@@ -405,12 +405,21 @@ class FrameDecoder:
     def _checked_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
         for key, _ in pairs:
             if type(key) not in _KEY_TYPES:
-                raise self._fail(f"map key of type {type(key).__name__} is not allowed")
+                pairs = [(self._hashable(k), v) for k, v in pairs]
+                break
         if self._trailers:  # hashing unfilled bytes would cache a hash of garbage
             unfilled = {id(data) for data, _ in self._trailers}
-            if any(id(key) in unfilled for key, _ in pairs):
+            if any(_holds(key, unfilled) for key, _ in pairs):
                 raise self._fail("trailing bytes used as a map key")
         return dict(pairs)
+
+    def _hashable(self, key: Any) -> Any:
+        """A key Python can hash: an array (a tuple when it was sent) becomes a tuple."""
+        if type(key) in _KEY_TYPES:
+            return key
+        if type(key) is list:
+            return tuple([self._hashable(item) for item in key])
+        raise self._fail(f"map key of type {type(key).__name__} is not allowed")
 
     def _decode_ext(self, code: int, payload: bytes) -> object:
         if code == EXT_TRAILING:
@@ -489,6 +498,10 @@ class _NotAlone(Exception):
 
 def _hand_to_the_stream(code: int, payload: bytes) -> NoReturn:
     raise _NotAlone
+
+
+def _holds(key: Any, ids: set[int]) -> bool:
+    return id(key) in ids or (type(key) is tuple and any(_holds(item, ids) for item in key))
 
 
 def _describe_unpack_error(exc: Exception) -> str:

@@ -157,7 +157,8 @@ HOSTILE_FRAMES: dict[str, tuple[bytes, str]] = {
         b"\x94\x01\x01\xc0" + _ext(-1, b"\x01\x02\x03"),
         "hang",
     ),
-    "map with a list key": (b"\x94\x01\x01\xc0\x81\x91\x01\x01", "hang"),
+    "map with a map key": (b"\x94\x01\x01\xc0\x81\x80\x01", "hang"),
+    "map with a map inside an array key": (b"\x94\x01\x01\xc0\x81\x91\x80\x01", "hang"),
     "invalid utf-8 str": (b"\x94\x01\x01\xc0\xa2\xff\xfe", "hang"),
     "reply to a msgid never sent": (_response(None, 1, msgid=U32_MAX), "hang"),
     "bin claiming 3 MiB, 8 KiB sent": (

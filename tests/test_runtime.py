@@ -35,6 +35,11 @@ def describe(data: bytes) -> dict[str, Any]:
     return {"length": len(data), "pid": os.getpid(), "upper": data.upper()}
 
 
+@compartment(rules=[SystemIO.nothing()])
+def describe_value(value: Any) -> list[Any]:
+    return [type(value).__name__, value]
+
+
 @compartment(rules=[SystemIO.nothing()], fresh=True)
 def fresh_pid() -> int:
     return os.getpid()
@@ -665,3 +670,8 @@ def connect_by_name_lookup_free(port: int) -> bool:
 def test_create_connection_works_after_the_seal_without_lazy_imports() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         assert connect_by_name_lookup_free(server.getsockname()[1]) is True
+
+
+def test_a_dict_with_tuple_keys_crosses_as_itself() -> None:
+    value = {(1, "a"): [1], ("nested", (2, 3)): None}
+    assert describe_value(value) == ["dict", value]

@@ -167,9 +167,11 @@ def test_a_malformed_trailing_extension_is_refused() -> None:
         FrameDecoder().feed(_hostile_head(b"abc"))
 
 
-def test_trailing_bytes_as_a_map_key_are_refused() -> None:
+@pytest.mark.parametrize("nested", [False, True], ids=["key", "inside a tuple key"])
+def test_trailing_bytes_as_a_map_key_are_refused(nested: bool) -> None:
     ext = msgpack.ExtType(_wire.EXT_TRAILING, _wire._TRAILING.pack(BIG))
-    head = msgpack.packb([0, 1, "m", [{ext: 1}]], use_bin_type=True)
+    key = (1, (ext,)) if nested else ext
+    head = msgpack.packb([0, 1, "m", [{key: 1}]], use_bin_type=True)
     with pytest.raises(ProtocolError, match="trailing bytes used as a map key"):
         FrameDecoder().feed(head)
 

@@ -263,7 +263,7 @@ def test_a_wrong_type_in_any_field_is_a_protocol_error(message: list[Any]) -> No
 
 @pytest.mark.parametrize(
     "message",
-    [[0, -1, "m", []], [0, 1, "", []], [1, 1, "error", None], [2, 7, []], [0, 1, "m", [{(1,): 2}]]],
+    [[0, -1, "m", []], [0, 1, "", []], [1, 1, "error", None], [2, 7, []], [0, 1, "m", "params"]],
     ids=repr,
 )
 def test_a_whole_frame_is_refused_in_the_same_words_as_a_streamed_one(message: list[Any]) -> None:
@@ -361,9 +361,22 @@ def test_invalid_utf8_is_a_protocol_error() -> None:
         FrameDecoder().feed(b"\x94\x00\x01\xa2\xff\xfe\x90")
 
 
-def test_a_container_map_key_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError, match="map key"):
-        FrameDecoder().feed(b"\x94\x00\x01\xa1m\x91\x81\x90\x01")
+def test_a_map_as_a_map_key_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="map key of type dict"):
+        FrameDecoder().feed(b"\x94\x00\x01\xa1m\x91\x81\x80\x01")
+
+
+def test_a_map_inside_an_array_key_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="map key of type dict"):
+        FrameDecoder().feed(b"\x94\x00\x01\xa1m\x91\x81\x92\x01\x80\x01")
+
+
+def test_tuple_keys_arrive_as_tuples() -> None:
+    value = {(1, "a", (2, b"x")): 5, (): 6, "plain": 7}
+    data, _ = encode_request(1, "m", [value])
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    assert decoder.next_message() == Request(1, "m", [value])
 
 
 def test_a_broken_decoder_stays_broken() -> None:
