@@ -26,7 +26,7 @@ from collections.abc import Callable
 import msgpack
 
 from compartments import _largebytes, _wire
-from compartments._channel import Channel
+from compartments._channel import Channel, socketpair
 
 from . import baselines, targets
 from .__main__ import ONE_CORE, per_op, pin
@@ -141,21 +141,51 @@ class _Sink:
         os.waitpid(self.pid, 0)
 
 
+class _ChannelSink:
+    """Our encoder, Channel and FrameDecoder between two processes, nothing else."""
+
+    def __init__(self) -> None:
+        self.channel, child = socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.channel.close()
+            decoder = child.new_decoder()
+            while child.receive_into(decoder):
+                while decoder.next_message() is not None:
+                    child.send(b"k")
+            os._exit(0)
+        child.close()
+        self.ack = socket.socket(fileno=os.dup(self.channel.fileno()))
+
+    def send(self, payload: bytes) -> None:
+        data, fds = _wire.encode_request(1, "m", [_largebytes.TrailingBytes(payload)])
+        self.channel.send(data, fds)
+        self.ack.recv(1)
+
+    def close(self) -> None:
+        self.channel.shutdown()
+        self.channel.close()
+        self.ack.close()
+        os.waitpid(self.pid, 0)
+
+
 def payload_ladder(rounds: int = 5) -> None:
     one_mib = os.urandom(1 << 20)
     reused, fresh, raw = _Sink(fresh=False), _Sink(fresh=True), baselines.RawSocketPeer()
+    wire = _ChannelSink()
     targets.echo(b"")
     targets.consume(b"")
     targets.produce(0)
     steps: dict[str, Step] = {
         "raw one way, into a reused buffer": lambda: reused.send(one_mib),
         "raw one way, into a new bytes": lambda: fresh.send(one_mib),
+        "encoder, Channel, decoder, one way": lambda: wire.send(one_mib),
         "call one way, parent to child": lambda: targets.consume(one_mib),
         "call one way, child to parent": lambda: targets.produce(1 << 20),
         "raw echo (the bench's baseline)": lambda: raw.round_trip(one_mib),
         "call echo": lambda: targets.echo(one_mib),
     }
-    pids = [reused.pid, fresh.pid, raw.pid, targets.echo.pid, targets.consume.pid,
+    pids = [reused.pid, fresh.pid, raw.pid, wire.pid, targets.echo.pid, targets.consume.pid,
             targets.produce.pid]  # fmt: skip
     pin(pids, ONE_CORE)  # type: ignore[arg-type]
     try:
@@ -165,7 +195,7 @@ def payload_ladder(rounds: int = 5) -> None:
             print(f"{name:38} {statistics.median(times):7.3f}")
     finally:
         pin(pids, None)  # type: ignore[arg-type]
-        for peer in (reused, fresh, raw):
+        for peer in (reused, fresh, raw, wire):
             peer.close()
 
 
