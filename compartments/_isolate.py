@@ -26,24 +26,24 @@ The tmpfs root's mount point is a host temporary directory, removed afterwards.
 ``Isolate(...).enter(keep_fds)`` is the long-lived variant (``@compartment(isolate=...)``):
 the calling process becomes the outer *shim* and returns from ``enter`` as pid 2; see
 "entering" below.
+
+This module is the choreography: which process forks when, what each one does in
+which order, and what travels back to the caller.  The Linux calls themselves
+(unshare, the id maps, the mounts that build the root, pivot_root) live in
+:mod:`._namespaces`, where :class:`Bind` and :func:`runtime_binds` come from too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import faulthandler
 import io
 import os
-import platform
-import re
 import select
 import selectors
-import shutil
 import signal
 import socket
-import stat
 import struct
 import sys
 import tempfile
@@ -55,6 +55,20 @@ from typing import NoReturn, cast
 
 import msgpack
 
+from ._namespaces import (
+    Bind,
+    Plan,
+    build_root,
+    pivot_into,
+    pivot_root_number,
+    remove_mount_point,
+    runtime_binds,
+    set_parent_death_signal,
+    tmpfs_size_option,
+    undo_mount_point,
+    unshare_namespaces,
+    write_id_maps,
+)
 from ._privileges import drop_capabilities, set_no_new_privs
 from .errors import CompartmentsError, UnsupportedError
 
@@ -65,56 +79,10 @@ class IsolateSetupError(CompartmentsError, OSError):
     """Building the isolated environment failed before the callable ran."""
 
 
-# --- kernel constants ---------------------------------------------------------------
-
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWUTS = 0x04000000
-_CLONE_NEWIPC = 0x08000000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWPID = 0x20000000
-_CLONE_NEWNET = 0x40000000
-
-_MS_RDONLY = 1
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-_MS_REMOUNT = 32
-_MS_BIND = 4096
-_MS_REC = 16384
-_MS_PRIVATE = 1 << 18
-_MNT_DETACH = 2
-
-_MOUNT_ATTR_RDONLY = 0x1
-_MOUNT_ATTR_NOSUID = 0x2
-_AT_FDCWD = -100
-_AT_RECURSIVE = 0x8000
-_NR_MOUNT_SETATTR = 442  # unified number
-
-_PR_SET_PDEATHSIG = 1
-_PR_GET_DUMPABLE = 3
-_PR_SET_DUMPABLE = 4
-
-_NR_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
-
 _SETUP_FAILED = 125  # exit code of a process whose setup failed (as in podman/env)
-_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
 # --- public types -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bind:
-    """Make host path ``src`` visible at ``dst`` inside (same path by default)."""
-
-    src: str
-    dst: str = ""
-    writable: bool = False
-
-    @property
-    def target(self) -> str:
-        return self.dst or self.src
-
 
 BindSpec = Bind | str | tuple[str, str]
 
@@ -144,59 +112,7 @@ class IsolateResult:
         return self.status == 0 and not self.timed_out
 
 
-# --- libc ---------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong]
-
-
-def _check(result: int, what: str) -> None:
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _encode(text: str | None) -> bytes | None:
-    return None if text is None else os.fsencode(text)
-
-
-def _mount(src: str | None, target: str, fstype: str | None, flags: int,
-           data: str | None = None) -> None:
-    result = _libc.mount(_encode(src), _encode(target), _encode(fstype), flags, _encode(data))
-    _check(result, f"mount {src or fstype} on {target}")
-
-
-def _prctl(option: int, arg: int = 0) -> int:
-    return int(_libc.prctl(option, arg, 0, 0, 0))
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
-
-
-# --- the plan: everything decided on the caller's side ------------------------------
-
-
-def runtime_binds() -> list[str]:
-    """Host paths the interpreter needs for lazy imports and shared libraries."""
-    candidates = ["/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache",
-                  sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix]
-    chosen: list[str] = []
-    for path in candidates:
-        if not os.path.lexists(path) or path in chosen:
-            continue
-        covered = any(path.startswith(parent.rstrip("/") + "/") for parent in chosen
-                      if not os.path.islink(parent))
-        if not covered:
-            chosen.append(path)
-    return chosen
+# --- the arguments ------------------------------------------------------------------
 
 
 def _normalise_binds(binds: Mapping[str, str] | Iterable[BindSpec],
@@ -223,31 +139,6 @@ def _normalise_binds(binds: Mapping[str, str] | Iterable[BindSpec],
         if not os.path.exists(bind.src):
             raise FileNotFoundError(errno.ENOENT, "bind source does not exist", bind.src)
     return chosen
-
-
-def _tmpfs_size_option(size: int | str) -> str:
-    if isinstance(size, int):
-        if size <= 0:
-            raise ValueError(f"tmpfs_size must be positive, got {size}")
-        return str(size)
-    if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", size):
-        raise ValueError(f"tmpfs_size {size!r} is not like 4096, '512k', '16M' or '1G'")
-    return size
-
-
-@dataclass(frozen=True)
-class _Plan:
-    root: str
-    tmpfs_size: str
-    runtime: tuple[str, ...]
-    binds: tuple[Bind, ...]
-    devices: bool
-    proc: bool
-    hostname: str
-    network: bool
-    pass_fds: tuple[int, ...]
-    capture: bool
-    pivot_root_nr: int
 
 
 # --- the control channel ------------------------------------------------------------
@@ -285,7 +176,7 @@ def _frames(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def _die_with_parent(parent: int | None) -> None:
     """SIGKILL us when our parent goes; ``parent=None`` where getppid() cannot tell."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    set_parent_death_signal(signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         os._exit(_SETUP_FAILED)
 
@@ -300,35 +191,7 @@ def _close_fds_except(keep: Iterable[int]) -> None:
     os.closerange(start, max(os.sysconf("SC_OPEN_MAX"), start + 1))
 
 
-def _write_file(path: str, text: str) -> None:
-    with open(path, "w") as file:
-        file.write(text)
-
-
-def _namespace_flags(network: bool) -> int:
-    return (_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS
-            | (0 if network else _CLONE_NEWNET))
-
-
-def _write_id_maps(uid: int, gid: int) -> None:
-    """Map 0 inside to ``uid``/``gid`` outside (setgroups denied).
-
-    A non-dumpable process's /proc/self files belong to the host's root, so an
-    unprivileged caller could not write its own maps: be dumpable just for the writes.
-    """
-    dumpable = _prctl(_PR_GET_DUMPABLE)
-    if dumpable != 1:
-        _prctl(_PR_SET_DUMPABLE, 1)
-    try:
-        _write_file("/proc/self/setgroups", "deny")
-        _write_file("/proc/self/uid_map", f"0 {uid} 1")
-        _write_file("/proc/self/gid_map", f"0 {gid} 1")
-    finally:
-        if dumpable != 1:
-            _prctl(_PR_SET_DUMPABLE, 0)
-
-
-def _outer(plan: _Plan, caller: int, control: int, stdout: int, stderr: int,
+def _outer(plan: Plan, caller: int, control: int, stdout: int, stderr: int,
            call: Callable[[], object]) -> NoReturn:
     """First child: unshare, map ids, fork init and pass on its fate."""
     stage = "setup"
@@ -340,9 +203,9 @@ def _outer(plan: _Plan, caller: int, control: int, stdout: int, stderr: int,
         _close_fds_except({0, 1, 2, control, *plan.pass_fds})
         uid, gid = os.getuid(), os.getgid()
         stage = "unshare"
-        _check(_libc.unshare(_namespace_flags(plan.network)), "unshare")
+        unshare_namespaces(plan.network)
         stage = "uid/gid map"
-        _write_id_maps(uid, gid)
+        write_id_maps(uid, gid)
         stage = "fork init"
         init = os.fork()
         if init == 0:
@@ -356,14 +219,14 @@ def _outer(plan: _Plan, caller: int, control: int, stdout: int, stderr: int,
     os._exit(0)
 
 
-def _init(plan: _Plan, control: int, call: Callable[[], object]) -> NoReturn:
+def _init(plan: Plan, control: int, call: Callable[[], object]) -> NoReturn:
     """pid 1 of the new namespace: build the root, start the worker, reap."""
     stage = "mount"
     try:
         _die_with_parent(None)  # the parent lives outside our PID namespace: getppid() == 0
-        _build_root(plan)
+        build_root(plan)
         stage = "pivot_root"
-        _pivot_into(plan.root, plan.pivot_root_nr)
+        pivot_into(plan.root, plan.pivot_root_nr)
         stage = "sethostname"
         socket.sethostname(plan.hostname)
         stage = "fork worker"
@@ -383,82 +246,6 @@ def _reap_until(worker: int) -> int:
         pid, status = os.waitpid(-1, 0)
         if pid == worker:
             return status
-
-
-def _build_root(plan: _Plan) -> None:
-    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-    _mount("tmpfs", plan.root, "tmpfs", _MS_NOSUID | _MS_NODEV,
-           f"size={plan.tmpfs_size},mode=0755")
-    for path in plan.runtime:
-        if os.path.islink(path):
-            _mirror_symlink(plan.root, path)
-        else:
-            _bind(plan.root, Bind(path, path))
-    for bind in plan.binds:
-        _bind(plan.root, bind)
-    if plan.devices:
-        for device in _DEVICES:
-            if os.path.exists(device):
-                _bind(plan.root, Bind(device, device, writable=True))
-    if plan.proc:
-        target = _inside(plan.root, "/proc")
-        os.makedirs(target, exist_ok=True)
-        _mount("proc", target, "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-    tmp = _inside(plan.root, "/tmp")
-    os.makedirs(tmp, exist_ok=True)
-    os.chmod(tmp, 0o1777)
-
-
-def _inside(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
-def _mirror_symlink(root: str, path: str) -> None:
-    link = _inside(root, path)
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if not os.path.lexists(link):
-        os.symlink(os.readlink(path), link)
-
-
-def _bind(root: str, bind: Bind) -> None:
-    target = _inside(root, bind.target)
-    if os.path.isdir(bind.src):
-        os.makedirs(target, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if not os.path.lexists(target):
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-    _mount(bind.src, target, None, _MS_BIND | _MS_REC)
-    if not bind.writable:
-        _make_read_only(bind.src, target)
-
-
-def _make_read_only(src: str, target: str) -> None:
-    """Recursive read-only (mount_setattr); plain remount on kernels before 5.12."""
-    attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
-    ctypes.set_errno(0)
-    result = _libc.syscall(ctypes.c_long(_NR_MOUNT_SETATTR), ctypes.c_long(_AT_FDCWD),
-                           ctypes.c_char_p(os.fsencode(target)), ctypes.c_long(_AT_RECURSIVE),
-                           ctypes.c_void_p(ctypes.addressof(attr)),
-                           ctypes.c_long(ctypes.sizeof(attr)))
-    if result == 0:
-        return
-    if ctypes.get_errno() != errno.ENOSYS:
-        _check(-1, f"mount_setattr read-only on {target}")
-    # Flags the source mount has are locked in a user namespace: keep them.
-    locked = os.statvfs(src).f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
-                                       | os.ST_NOATIME | os.ST_NODIRATIME | os.ST_RELATIME)
-    _mount(None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | locked)
-
-
-def _pivot_into(root: str, pivot_root_nr: int) -> None:
-    os.chdir(root)
-    ctypes.set_errno(0)
-    result = _libc.syscall(ctypes.c_long(pivot_root_nr), ctypes.c_char_p(b"."),
-                           ctypes.c_char_p(b"."))
-    _check(result, "pivot_root")
-    _check(_libc.umount2(b".", _MNT_DETACH), "detach old root")
-    os.chdir("/")
 
 
 def _worker(control: int, call: Callable[[], object]) -> NoReturn:
@@ -575,14 +362,6 @@ def _send_status(fd: int, status: int) -> None:
     os.write(fd, struct.pack("<i", status))
 
 
-def _undo_mount_point(root: str, parent_fd: int) -> None:
-    """Remove the host directory the tmpfs was mounted on, from inside."""
-    with contextlib.suppress(OSError):  # still mounted: setup failed before pivot_root
-        _check(_libc.umount2(os.fsencode(root), _MNT_DETACH), "umount")
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.basename(root), dir_fd=parent_fd)
-
-
 # --- the caller's side --------------------------------------------------------------
 
 
@@ -632,7 +411,7 @@ class Isolate:
         capture_output: bool = True,
         timeout: float | None = None,
     ) -> None:
-        self.tmpfs_size = _tmpfs_size_option(tmpfs_size)
+        self.tmpfs_size = tmpfs_size_option(tmpfs_size)
         self.binds = tuple(_normalise_binds(binds, writable_binds))
         self.network = network
         self.proc = proc
@@ -699,13 +478,11 @@ class Isolate:
         namespaces are unavailable and :class:`IsolateSetupError` when building the
         root fails (then inside already, in the pid-2 process).
         """
-        pivot_root_nr = _NR_PIVOT_ROOT.get(platform.machine())
-        if pivot_root_nr is None:
-            raise UnsupportedError(f"Isolate does not know pivot_root on {platform.machine()}")
+        pivot_root_nr = pivot_root_number()
         keep = {0, 1, 2, *keep_fds, *self.pass_fds}
         uid, gid = os.getuid(), os.getgid()
         root = tempfile.mkdtemp(prefix="compartments-isolate-")
-        plan = _Plan(root, self.tmpfs_size, self.runtime, self.binds, self.devices,
+        plan = Plan(root, self.tmpfs_size, self.runtime, self.binds, self.devices,
                      self.proc, self.hostname, self.network, tuple(keep), False,
                      pivot_root_nr)
         opened: list[int] = []
@@ -714,12 +491,14 @@ class Isolate:
                                   | os.O_CLOEXEC))
             status_r, status_w = os.pipe()
             opened += [status_r, status_w]
-            if _libc.unshare(_namespace_flags(self.network)) < 0:
-                err = ctypes.get_errno()
-                hint = " (the process has other threads)" if err == errno.EINVAL else ""
-                raise UnsupportedError(err, f"unshare: {os.strerror(err)}{hint}")
             try:
-                _write_id_maps(uid, gid)
+                unshare_namespaces(self.network)
+            except OSError as exc:
+                err = exc.errno or 0
+                hint = " (the process has other threads)" if err == errno.EINVAL else ""
+                raise UnsupportedError(err, f"unshare: {os.strerror(err)}{hint}") from None
+            try:
+                write_id_maps(uid, gid)
             except OSError as exc:
                 raise IsolateSetupError(exc.errno or errno.EPERM, f"uid/gid map: {exc}") from exc
             for stream in (sys.stdout, sys.stderr):
@@ -729,7 +508,7 @@ class Isolate:
         except BaseException:
             for fd in opened:
                 os.close(fd)
-            _remove_mount_point(root)
+            remove_mount_point(root)
             raise
         parent_fd = opened[0]
         if init:
@@ -737,29 +516,27 @@ class Isolate:
         _entered_init(status_r, status_w)  # returns in the forked pid 2 only
         self._build_inside(plan, parent_fd, keep)
 
-    def _build_inside(self, plan: _Plan, parent_fd: int, keep: set[int]) -> None:
+    def _build_inside(self, plan: Plan, parent_fd: int, keep: set[int]) -> None:
         stage = "close fds"
         try:
             _die_with_parent(None)
             _close_fds_except(keep | {parent_fd})
             stage = "mount"
-            _build_root(plan)
+            build_root(plan)
             stage = "pivot_root"
-            _pivot_into(plan.root, plan.pivot_root_nr)
+            pivot_into(plan.root, plan.pivot_root_nr)
             stage = "sethostname"
             socket.sethostname(plan.hostname)
         except OSError as exc:
             raise IsolateSetupError(exc.errno or errno.EINVAL, f"{stage}: {exc}") from exc
         finally:
-            _undo_mount_point(plan.root, parent_fd)
+            undo_mount_point(plan.root, parent_fd)
             os.close(parent_fd)
 
     def run(self, func: Callable[..., object], /, *args: object,
             **kwargs: object) -> IsolateResult:
         """Call ``func(*args, **kwargs)`` isolated; its value must be msgpack-native."""
-        pivot_root_nr = _NR_PIVOT_ROOT.get(platform.machine())
-        if pivot_root_nr is None:
-            raise UnsupportedError(f"Isolate does not know pivot_root on {platform.machine()}")
+        pivot_root_nr = pivot_root_number()
         root = tempfile.mkdtemp(prefix="compartments-isolate-")
         pipes: list[int] = []
         pid = 0
@@ -768,7 +545,7 @@ class Isolate:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             pipes += [control_r, control_w, out_r, out_w, err_r, err_w]
-            plan = _Plan(root, self.tmpfs_size, self.runtime, self.binds, self.devices,
+            plan = Plan(root, self.tmpfs_size, self.runtime, self.binds, self.devices,
                          self.proc, self.hostname, self.network, self.pass_fds,
                          self.capture_output, pivot_root_nr)
             for stream in (sys.stdout, sys.stderr):
@@ -791,7 +568,7 @@ class Isolate:
                 os.waitpid(pid, 0)
             for fd in pipes:
                 os.close(fd)
-            _remove_mount_point(root)
+            remove_mount_point(root)
         return _result(bytes(buffers[control_r]), outer_status, bytes(buffers[out_r]),
                        bytes(buffers[err_r]), timed_out)
 
@@ -812,12 +589,3 @@ def _result(control: bytes, outer_status: int, stdout: bytes, stderr: bytes,
             (status,) = struct.unpack("<i", payload)
     return IsolateResult(outer_status if status is None else status, stdout, stderr,
                          value, timed_out)
-
-
-def _remove_mount_point(root: str) -> None:
-    """The tmpfs lived in the dead namespace: only an empty directory is left."""
-    try:
-        os.rmdir(root)
-    except OSError:
-        if os.path.isdir(root) and not stat.S_ISLNK(os.lstat(root).st_mode):
-            shutil.rmtree(root, ignore_errors=True)
