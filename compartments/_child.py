@@ -293,7 +293,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
 
 def _report_setup_failure(primary: Channel, exc: BaseException, max_message: int) -> None:
     """Answer the parent's ``$start`` with the setup error, then stop."""
-    decoder = _decoder.FrameDecoder(max_message=max_message, name="parent")
+    decoder = _decoder.FrameDecoder(max_message=max_message, name="parent", from_parent=True)
     while primary.receive_into(decoder):
         for message in decoder:
             if isinstance(message, _wire.Request):

@@ -75,9 +75,10 @@ class FrameDecoder:
 
     Memory is bounded: a frame, trailing bytes included, may not exceed ``max_message``
     bytes on the wire, and a container header may announce at most ``max_message // 8``
-    entries (msgpack preallocates them). Decoded Python objects can still be larger
-    than their wire form (an empty map is one byte on the wire and ~64 bytes as a
-    dict), so choose ``max_message`` with that amplification in mind.
+    entries (msgpack preallocates them), unless the stream comes ``from_parent``, which
+    is trusted and may send any list that fits in a frame. Decoded Python objects can
+    still be larger than their wire form (an empty map is one byte on the wire and ~64
+    bytes as a dict), so choose ``max_message`` with that amplification in mind.
 
     Fds travel with the first chunk of the frame that references them; the sender
     attaches them to its first ``sendmsg``, and the kernel delivers them with the
@@ -89,7 +90,13 @@ class FrameDecoder:
     :meth:`trailing_received`, which is how a payload avoids every user-space copy.
     """
 
-    def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE, name: str = "peer") -> None:
+    def __init__(
+        self,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        name: str = "peer",
+        from_parent: bool = False,
+    ) -> None:
         if max_message < 64:
             raise ValueError("max_message must be at least 64 bytes")
         self.max_message = max_message
@@ -103,8 +110,7 @@ class FrameDecoder:
             "timestamp": 1,
             "max_str_len": max_message,
             "max_bin_len": max_message,
-            "max_array_len": max_message // 8,
-            "max_map_len": max_message // 16,
+            **_container_limits(max_message, from_parent),
             "max_ext_len": _MAX_EXT_LEN,
         }
         self._unpacker = msgpack.Unpacker(
@@ -490,6 +496,18 @@ class FrameDecoder:
         batch.claimed += 1
         self._frame_fds.append(fd)
         return fd
+
+
+def _container_limits(max_message: int, trusted: bool) -> dict[str, int]:
+    """msgpack preallocates what a container header announces (8 bytes an item).
+
+    From a peer that may be hostile, bound that by the frame's own size; from the
+    trusted parent, allow every list or map that fits in a frame (an item is at least
+    one byte), so nothing the parent can encode within ``max_message`` is refused.
+    """
+    if trusted:
+        return {"max_array_len": max_message, "max_map_len": max_message // 2}
+    return {"max_array_len": max_message // 8, "max_map_len": max_message // 16}
 
 
 class _NotAlone(Exception):

@@ -29,7 +29,7 @@ class Server:
         self._handler = handler
         self._max_message = max_message
         self._decoders: dict[Channel, FrameDecoder] = {
-            primary: FrameDecoder(max_message=max_message, name="parent")
+            primary: FrameDecoder(max_message=max_message, name="parent", from_parent=True)
         }
 
     def add_channel(self, channel: Channel, name: str) -> None:

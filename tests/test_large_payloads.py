@@ -65,6 +65,13 @@ def test_a_call_over_max_message_is_a_value_error_at_the_call_site() -> None:
     assert small_limit(b"still works") == 11
 
 
+def test_any_list_that_fits_in_max_message_reaches_the_compartment() -> None:
+    many = [None] * 1_000_000  # 1 MB of msgpack, just under small_limit's 1 MiB
+    assert small_limit(many) == 1_000_000  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="over the compartment's max_message"):
+        small_limit([None] * (1 << 20))  # type: ignore[arg-type]
+
+
 def _memfd_frame(content: bytes, announced: int) -> tuple[bytes, int]:
     fd = os.memfd_create("hostile")
     os.write(fd, content)
