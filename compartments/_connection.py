@@ -100,43 +100,26 @@ class Connection:
         When no other thread is reading, the caller becomes the reader before it sends
         and reads its own reply with no slot and no hand-off: the common case, kept short.
         """
-        with self._lock:
-            alone = not self._reading
-            if alone:
-                self._reading = True
-        if not alone:
+        if not self._claim_reader_if_free():
             call = self.start_call(method, params, names=names, timeout=timeout)
             return self.wait(call, method, timeout)
         try:
             return self._call_as_reader(method, params, names, timeout)
         finally:
-            with self._lock:
-                self._reading = False
-                if self._waiters:
-                    self._cond.notify_all()
+            self._release_reader()
 
     def _call_as_reader(
         self, method: str, params: Sequence[Any], names: Sequence[str] | None, timeout: float | None
     ) -> Any:
         msgid = self._send_request(method, params, names, timeout, None)
         deadline = None if timeout is None else time.monotonic() + timeout
-        decoder, channel = self._decoder, self.channel
         mine: Response | None = None
         while mine is None:
             if deadline is not None and not self._readable_before(deadline):
                 with self._lock:
                     self._abandoned.append(msgid)  # its reply may still come: drop it then
                 raise CallTimeout(self.name, method, timeout or 0.0)
-            try:
-                if not channel.receive_into(decoder):
-                    raise ConnectionResetError(f"`{self.name}` closed its channel")
-                while (message := decoder.next_message()) is not None:
-                    if type(message) is Response and message.msgid == msgid:
-                        mine = message
-                    else:  # other threads' replies: nobody else reads while we do
-                        self._dispatch(message)
-            except (ProtocolError, OSError) as exc:
-                self._fail(exc)
+            mine = self._read_once(msgid)
         self.responses_seen += 1
         if mine.error is not None:
             raise self._remote_error(mine.error)
@@ -211,10 +194,7 @@ class Connection:
             try:
                 self._read_until(slot, deadline)
             finally:
-                with self._lock:
-                    self._reading = False
-                    if self._waiters:
-                        self._cond.notify_all()
+                self._release_reader()
             if not slot.done and deadline is not None and time.monotonic() >= deadline:
                 if abandon_on_timeout:
                     self._abandon(msgid, slot)
@@ -222,10 +202,6 @@ class Connection:
         if slot.error is not None:
             raise slot.error
         return slot.value
-
-    def notify(self, method: str, params: Sequence[Any]) -> None:
-        data, fds = _wire.encode_notification(method, params)
-        self.channel.send(data, fds, when_full=self._while_send_blocked)
 
     def _while_send_blocked(self, deadline: float | None) -> None:
         """Wait until the peer has room for more of our frame, reading its replies
@@ -237,10 +213,7 @@ class Connection:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     raise TimeoutError
-            with self._lock:
-                reading = not self._reading  # nobody else reads: we must
-                if reading:
-                    self._reading = True
+            reading = self._claim_reader_if_free()  # nobody else reads: we must
             try:
                 poller = select.poll()
                 poller.register(fd, select.POLLOUT | (select.POLLIN if reading else 0))
@@ -253,10 +226,7 @@ class Connection:
                     self._read_once()
             finally:
                 if reading:
-                    with self._lock:
-                        self._reading = False
-                        if self._waiters:
-                            self._cond.notify_all()
+                    self._release_reader()
 
     def _become_reader(self, slot: _Slot, deadline: float | None) -> bool:
         """Take the reader's role, unless our reply arrives first or time runs out.
@@ -292,15 +262,37 @@ class Connection:
                 return
             self._read_once()
 
-    def _read_once(self) -> None:
-        """One receive, its messages dispatched; only the reader may call this."""
+    def _read_once(self, mine: int | None = None) -> Response | None:
+        """One receive, its messages dispatched; only the reader may call this.
+
+        The reply to msgid ``mine``, a call with no slot, is returned instead.
+        """
+        decoder = self._decoder
+        found = None
         try:
-            if not self.channel.receive_into(self._decoder):
+            if not self.channel.receive_into(decoder):
                 raise ConnectionResetError(f"`{self.name}` closed its channel")
-            for message in self._decoder:
-                self._dispatch(message)
+            while (message := decoder.next_message()) is not None:
+                if type(message) is Response and message.msgid == mine:
+                    found = message
+                else:
+                    self._dispatch(message)
         except (ProtocolError, OSError) as exc:
             self._fail(exc)
+        return found
+
+    def _claim_reader_if_free(self) -> bool:
+        with self._lock:
+            if self._reading:
+                return False
+            self._reading = True
+            return True
+
+    def _release_reader(self) -> None:
+        with self._lock:
+            self._reading = False
+            if self._waiters:
+                self._cond.notify_all()
 
     def _readable_before(self, deadline: float) -> bool:
         remaining = deadline - time.monotonic()

@@ -148,15 +148,11 @@ class FrameDecoder:
 
         The decoder takes ownership of ``fds`` (closing them on error).
         """
-        if self._broken is not None:
-            _close_all(fds)
-            raise ProtocolError(self._broken)
         size = len(data)
-        if fds:
-            self._accept_fds(size, fds)
+        self._take_fds(size, fds)
         if size <= _HEAD_SLICE and self.trailing_target is None:
             if (
-                self._fed != self._frame_start  # a partial frame is buffered
+                not self.between_frames
                 or self._batches
                 or size > self.max_message
                 or not self._decode_alone(data)
@@ -170,9 +166,7 @@ class FrameDecoder:
             if target is not None:
                 taken = min(len(target), size - offset)
                 target[:taken] = view[offset : offset + taken]
-                self._fed += taken
-                self._bypassed += taken
-                self._advance_trailing(taken)
+                self._bypass_into_trailing(taken)
                 offset += taken
             else:
                 self._feed_slice(view[offset : offset + step])
@@ -181,17 +175,11 @@ class FrameDecoder:
 
     def trailing_received(self, size: int, fds: Sequence[int] = ()) -> None:
         """``size`` bytes were written into :attr:`trailing_target` by the caller."""
-        if self._broken is not None or fds:
-            _close_all(fds)
-            if self._broken is not None:
-                raise ProtocolError(self._broken)
-            raise self._fail("fds arrived inside a frame's trailing bytes")
+        self._take_fds(size, fds)  # refused: fds never travel inside trailing bytes
         target = self.trailing_target
         if target is None or not 0 < size <= len(target):
             raise self._fail("trailing bytes received while none were due")
-        self._fed += size
-        self._bypassed += size
-        self._advance_trailing(size)
+        self._bypass_into_trailing(size)
 
     @property
     def between_frames(self) -> bool:
@@ -231,6 +219,20 @@ class FrameDecoder:
         self.close()
         self._broken = message
         return ProtocolError(message)
+
+    def _take_fds(self, size: int, fds: Sequence[int]) -> None:
+        """Refuse everything once broken; otherwise account for fds that came with bytes."""
+        if self._broken is not None:
+            _close_all(fds)
+            raise ProtocolError(self._broken)
+        if fds:
+            self._accept_fds(size, fds)
+
+    def _bypass_into_trailing(self, size: int) -> None:
+        """``size`` stream bytes went straight into the trailing bytes now due."""
+        self._fed += size
+        self._bypassed += size
+        self._advance_trailing(size)
 
     def _accept_fds(self, size: int, fds: Sequence[int]) -> None:
         incoming = list(fds)

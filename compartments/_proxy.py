@@ -23,7 +23,7 @@ from ._supervised import (
     RestartSpec,
     Supervised,
     restart_policy,
-    start_call,
+    send_call,
 )
 from ._violations import Violation
 from .errors import CallTimeout
@@ -170,7 +170,10 @@ class CompartmentFunction(Remote, Generic[P, R]):
         conn = supervised.connection()
         timeout = self._timeout
         try:
-            pending = start_call(self._definition, conn, "__call__", args, kwargs, timeout)
+            pending = send_call(
+                self._definition, "__call__", args, kwargs,
+                lambda params: conn.start_call("__call__", params, timeout=timeout),
+            )  # fmt: skip
         except CallTimeout:
             supervised._kill_stuck(conn, "__call__", timeout)
             raise

@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from . import _largebytes, _wire
 from ._connection import Connection
@@ -32,8 +32,10 @@ __all__ = [
     "Supervised",
     "close_all",
     "restart_policy",
-    "start_call",
+    "send_call",
 ]
+
+T = TypeVar("T")
 
 GRACE_PERIOD = 2.0
 
@@ -240,18 +242,15 @@ class Supervised:
         conn = self.connection()
         timeout = self.definition.timeout if timeout is None else timeout
         args, kwargs, brokered = _broker_peers(self.name, args, kwargs)
-        args, kwargs, offloaded = _largebytes.offload(args, kwargs)
         try:
-            return conn.call(method, [args, kwargs], timeout=timeout)
+            return send_call(
+                self.definition, method, args, kwargs,
+                lambda params: conn.call(method, params, timeout=timeout),
+            )  # fmt: skip
         except CallTimeout:
             self._kill_stuck(conn, method, timeout)
             raise
-        except (TypeError, OverflowError) as exc:
-            if not isinstance(exc.__cause__, RemoteTraceback):  # ours: it could not be sent
-                _check_arguments(self.definition, method, args, kwargs)
-            raise
         finally:
-            _largebytes.close_all(offloaded)  # sent (or not): the receiver has its own copy
             for sock in brokered:
                 sock.close()
 
@@ -263,19 +262,21 @@ class Supervised:
             conn.fail(ConnectionResetError("killed after a timeout"))
 
 
-def start_call(
+def send_call(
     definition: Definition,
-    conn: Connection,
     method: str,
     args: Sequence[Any],
     kwargs: dict[str, Any],
-    timeout: float | None,
-) -> Any:
+    send: Callable[[list[Any]], T],
+) -> T:
+    """``send([args, kwargs])`` with large bytes offloaded; a TypeError for an argument
+    that cannot cross names it (a TypeError the compartment raised passes unchanged)."""
     args, kwargs, offloaded = _largebytes.offload(args, kwargs)
     try:
-        return conn.start_call(method, [args, kwargs], timeout=timeout)
-    except (TypeError, OverflowError):
-        _check_arguments(definition, method, args, kwargs)
+        return send([args, kwargs])
+    except (TypeError, OverflowError) as exc:
+        if not isinstance(exc.__cause__, RemoteTraceback):  # ours: it could not be sent
+            _check_arguments(definition, method, args, kwargs)
         raise
     finally:
         _largebytes.close_all(offloaded)  # sent (or not): the receiver has its own copy

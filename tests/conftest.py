@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,13 @@ def sibling() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """Two sibling directories, each holding ``file`` with known content."""
+    granted, other = tmp_path / "granted", tmp_path / "other"
+    for directory in (granted, other):
+        directory.mkdir()
+        (directory / "file").write_text("content")
+    return granted, other

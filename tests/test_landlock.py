@@ -82,16 +82,6 @@ def denied(result: Result) -> bool:
     return result.get("error") == "PermissionError"
 
 
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    """Two sibling directories, each holding ``file`` with known content."""
-    granted, other = tmp_path / "granted", tmp_path / "other"
-    for directory in (granted, other):
-        directory.mkdir()
-        (directory / "file").write_text("content")
-    return granted, other
-
-
 def policy_with(path: Path, access: int, ruleset: str = "SystemIO") -> LandlockPolicy:
     policy = LandlockPolicy()
     policy.add_path(path, access, ruleset)

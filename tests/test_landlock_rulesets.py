@@ -48,16 +48,6 @@ def sealed(action: Callable[[], object], *rulesets: object, **landlock: object) 
     return run_in_child(body)
 
 
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    """Two sibling directories, each holding ``file`` with known content."""
-    granted, other = tmp_path / "granted", tmp_path / "other"
-    for directory in (granted, other):
-        directory.mkdir()
-        (directory / "file").write_text("content")
-    return granted, other
-
-
 def expect(condition: bool) -> None:
     """An assert that survives ``python -O`` inside the child."""
     if not condition:

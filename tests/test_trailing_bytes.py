@@ -271,16 +271,34 @@ def test_a_channel_reads_only_a_frame_head_sized_chunk_at_a_frame_boundary() -> 
 # ------------------------------------------------------------- compartments
 
 
-def test_mid_sized_bytes_cross_both_ways_intact_and_as_bytes() -> None:
+@pytest.fixture
+def received_unfilled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the bytes the parent's decoder filled in place, as trailing bytes."""
+    sizes: list[int] = []
+    original = _largebytes.unfilled_bytes
+
+    def spy(size: int) -> tuple[bytes, memoryview]:
+        sizes.append(size)
+        return original(size)
+
+    monkeypatch.setattr(_largebytes, "unfilled_bytes", spy)
+    return sizes
+
+
+def test_mid_sized_bytes_cross_both_ways_intact_and_as_bytes(received_unfilled: list[int]) -> None:
     payload = os.urandom(ONE_MIB)
     result = echo(payload)
     assert type(result) is bytes and result == payload
+    assert received_unfilled == [ONE_MIB]  # the result came back as trailing bytes
     assert echo.violations == []
 
 
-def test_a_result_above_the_memfd_threshold_returns_as_trailing_bytes() -> None:
+def test_a_result_above_the_memfd_threshold_returns_as_trailing_bytes(
+    received_unfilled: list[int],
+) -> None:
     size = 2 * _largebytes.THRESHOLD
     assert make(size, 7) == bytes([7]) * size
+    assert received_unfilled == [size]
     assert make.violations == []
 
 
