@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo bench profile soak fuzz clean
+.PHONY: install test test-purepython lint demo bench profile soak fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
+install: $(STAMP)
+
 test: $(STAMP)
 	$(PY) -m pytest
+
+# msgpack's pure-Python build (what installs where its C extension cannot), on the tests
+# that decode frames: the parent, the zygote and every compartment use it alike.
+test-purepython: $(STAMP)
+	MSGPACK_PUREPYTHON=1 $(PY) -m pytest tests/test_wire.py tests/test_hostile_wire.py \
+		tests/test_channel.py tests/test_trailing_bytes.py tests/test_runtime.py tests/hostile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compartments tests examples bench
