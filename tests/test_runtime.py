@@ -353,6 +353,16 @@ def test_compartment_holds_no_capabilities_after_the_seal() -> None:
     status = Path(f"/proc/{describe.pid}/status").read_text()
     assert "CapEff:\t0000000000000000" in status
     assert "CapPrm:\t0000000000000000" in status
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="only root (CAP_SETPCAP) can empty the bounding set; under no_new_privs an "
+    "ordinary user's full bounding set grants nothing",
+)
+def test_compartment_of_root_has_an_empty_capability_bounding_set() -> None:
+    describe(b"")
+    status = Path(f"/proc/{describe.pid}/status").read_text()
     assert "CapBnd:\t0000000000000000" in status
 
 
