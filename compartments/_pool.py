@@ -31,11 +31,21 @@ REPLACE_CRASHED = RestartPolicy(max_restarts=sys.maxsize, backoff=0.0)
 class WorkerSet:
     """N compartments of one definition, each serving one call at a time."""
 
-    def __init__(self, definition: Definition, workers: int, args: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        definition: Definition,
+        workers: int,
+        args: Sequence[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+    ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         self.definition = definition
+        self._args = list(args)
+        self._max_tasks = _checked_max_tasks(max_tasks_per_child)
         self._workers = [Supervised(definition, args, {}) for _ in range(workers)]
+        self._tasks = [0] * workers
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(workers):
             self._free.put(index)
@@ -54,7 +64,21 @@ class WorkerSet:
         try:
             return self._workers[index].call(method, args, kwargs, timeout)
         finally:
+            self._retire_if_spent(index)
             self._free.put(index)
+
+    def _retire_if_spent(self, index: int) -> None:
+        """Replace a worker that has served its ``max_tasks_per_child`` tasks: a compromised
+        worker then never sees a later caller's task."""
+        if self._max_tasks is None:
+            return
+        self._tasks[index] += 1
+        if self._tasks[index] < self._max_tasks:
+            return
+        spent = self._workers[index]
+        self._workers[index] = Supervised(self.definition, self._args, {})
+        self._tasks[index] = 0
+        spent.close()
 
     @property
     def pids(self) -> list[int | None]:
@@ -63,6 +87,14 @@ class WorkerSet:
     def close(self) -> None:
         for worker in self._workers:
             worker.close()
+
+
+def _checked_max_tasks(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"max_tasks_per_child must be a positive int or None, got {value!r}")
+    return value
 
 
 class _PoolWorker:
@@ -105,6 +137,10 @@ class Pool(concurrent.futures.Executor):
     ``Pool(rules=[...], workers=N)``: ``submit``, ``map`` and ``shutdown`` as usual, with
     msgpack-native arguments and results. Workers start on the first submit and import
     the submitted function's module (and ``preload``) before sealing.
+
+    Workers are reused across tasks and callers, so a compromised worker sees the tasks
+    that follow. ``max_tasks_per_child=1`` (as in ``ProcessPoolExecutor``) gives every task
+    a fresh worker, at the cost of a spawn (about a millisecond) per task.
     """
 
     def __init__(
@@ -116,6 +152,7 @@ class Pool(concurrent.futures.Executor):
         timeout: float | None = None,
         max_message: int = _wire.DEFAULT_MAX_MESSAGE,
         name: str = "Pool",
+        max_tasks_per_child: int | None = None,
     ) -> None:
         count = workers if workers is not None else (os.cpu_count() or 1)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
@@ -125,6 +162,7 @@ class Pool(concurrent.futures.Executor):
             restart=REPLACE_CRASHED, setup=None, fresh=False, max_message=max_message,
         )  # fmt: skip
         self._count = count
+        self._max_tasks = _checked_max_tasks(max_tasks_per_child)
         self._preload = list(preload)
         self._workers: WorkerSet | None = None
         self._lock = threading.Lock()
@@ -148,7 +186,10 @@ class Pool(concurrent.futures.Executor):
             if self._workers is None:
                 if module not in self._preload:
                     self._preload.append(module)
-                self._workers = WorkerSet(self._definition, self._count, [self._preload])
+                self._workers = WorkerSet(
+                    self._definition, self._count, [self._preload],
+                    max_tasks_per_child=self._max_tasks,
+                )  # fmt: skip
                 self._workers.start()
             elif module not in self._preload:
                 raise ValueError(

@@ -146,6 +146,42 @@ def test_pool_shutdown_stops_its_workers() -> None:
             os.kill(pid, 0)
 
 
+_left_behind: list[str] = []
+
+
+def plant_or_find(marker: str) -> list[str]:
+    """A compromised worker leaves state behind; a later task looks for it."""
+    found = list(_left_behind)
+    _left_behind.append(marker)
+    return found
+
+
+def test_pool_worker_reused_by_default_sees_what_an_earlier_task_left() -> None:
+    with Pool(rules=[SystemIO.nothing()], workers=1) as pool:
+        assert pool.submit(plant_or_find, "first caller's data").result() == []
+        assert pool.submit(plant_or_find, "second").result() == ["first caller's data"]
+
+
+def test_pool_with_max_tasks_per_child_1_gives_each_task_a_fresh_worker() -> None:
+    with Pool(rules=[SystemIO.nothing()], workers=1, max_tasks_per_child=1) as pool:
+        first = pool.submit(whose_pid).result()
+        assert pool.submit(plant_or_find, "first caller's data").result() == []
+        assert pool.submit(plant_or_find, "second").result() == []
+        assert pool.submit(whose_pid).result() != first
+
+
+def test_pool_max_tasks_per_child_replaces_a_worker_after_that_many_tasks() -> None:
+    with Pool(rules=[SystemIO.nothing()], workers=1, max_tasks_per_child=2) as pool:
+        pids = [pool.submit(whose_pid).result() for _ in range(4)]
+    assert pids[0] == pids[1] != pids[2] == pids[3]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1"])
+def test_pool_rejects_a_bad_max_tasks_per_child(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        Pool(rules=[SystemIO.nothing()], max_tasks_per_child=bad)  # type: ignore[arg-type]
+
+
 def test_pool_rejects_a_non_positive_worker_count() -> None:
     with pytest.raises(ValueError, match="positive"):
         Pool(workers=0)
