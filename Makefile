@@ -6,9 +6,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-purepython lint demo bench profile soak fuzz clean
 
-$(STAMP): pyproject.toml
+BASE   := $(VENV)/.installed-base
+
+# The demo needs only the package; tests and lint add their tools on top.
+$(BASE): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
@@ -27,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check compartments tests examples bench
 	$(VENV)/bin/mypy --strict compartments
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(PY) -m examples.ipc_db_server
 
 bench: $(STAMP)
