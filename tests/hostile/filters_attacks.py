@@ -83,6 +83,16 @@ def map_and_write(fd: int, flags: int, *, prot: int = PROT_READ | PROT_WRITE,
     return 0
 
 
+def toggle_nonblock(fd: int, blocking: bool) -> int:
+    flags, err = sys_value("fcntl", fd, F_GETFL, 0)
+    if err:
+        return err
+    wanted = flags & ~os.O_NONBLOCK if blocking else flags | os.O_NONBLOCK
+    return sys_errno("fcntl", fd, F_SETFL, wanted) or _errno_of(
+        lambda: os.set_blocking(fd, blocking)
+    )
+
+
 # -- shared file mappings ------------------------------------------------------------------
 
 
@@ -205,12 +215,13 @@ class PassedFdHolder:
             os.close(moved)
 
     def set_blocking_in_block(self, blocking: bool) -> int:
-        """Control: os.set_blocking (F_GETFL, then F_SETFL toggling O_NONBLOCK) still works."""
+        """Control: toggling O_NONBLOCK in the block, by F_SETFL (passing back the other
+        flags F_GETFL returned, as callers do) and by ioctl(FIONBIO) (os.set_blocking)."""
         moved, err = sys_value("dup3", self.fd, BLOCK_SLOT, 0)
         if err:
             return err
         try:
-            return _errno_of(lambda: os.set_blocking(moved, blocking))
+            return toggle_nonblock(moved, blocking)
         finally:
             os.close(moved)
 
@@ -236,7 +247,7 @@ class IoctlHolder:
         }
 
     def set_blocking(self, blocking: bool) -> int:
-        return _errno_of(lambda: os.set_blocking(self.fd, blocking))
+        return toggle_nonblock(self.fd, blocking)
 
     def inject(self, command: int, text: bytes) -> list[int]:
         """TIOCSTI-style: one ioctl per byte, pushing it into the terminal's input."""
