@@ -323,11 +323,12 @@ def _refuse_raw_mmap(ruleset: RuleSet, name: str) -> None:
     )
     if not unconditional:
         return
+    who = 'Enabling "mmap" by name' if name == "mmap" else f"RuleSet `{name}`"
     raise RuleConflictError(
         "mmap",
         "BasicCapabilities",
         name,
-        f"RuleSet `{name}` allows `mmap` for any arguments, which would allow "
+        f"{who} allows `mmap` for any arguments, which would allow "
         "MAP_SHARED mappings of held files: a shared mapping of an fd opened for writing "
         "writes the file even where only reading is granted. BasicCapabilities already "
         "allows anonymous and MAP_PRIVATE mappings; for a shared mapping of one fd, use "

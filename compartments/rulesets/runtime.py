@@ -30,7 +30,8 @@ CHANNEL_IO = ("recvfrom", "recvmsg", "sendto", "sendmsg", "getsockopt", "getsock
 # them, and a passed fd shares its file description with the parent: O_APPEND, O_ASYNC,
 # O_DIRECT or O_NOATIME set here would change the parent's own file (O_DIRECT on a shared
 # stderr made the parent's writes fail). Access-mode and other bits that F_SETFL ignores
-# stay allowed, as os.set_blocking() passes back what F_GETFL returned (O_RDWR, ...).
+# stay allowed: callers toggling O_NONBLOCK with F_SETFL pass back what F_GETFL returned
+# (O_RDWR, O_LARGEFILE, ...). os.set_blocking() itself uses ioctl(FIONBIO).
 # The always-loaded floor (compartments._floor) refuses the same bits for every grant.
 _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL = 1, 2, 3, 4
 _FIONBIO, _FIONCLEX, _FIOCLEX = 0x5421, 0x5450, 0x5451
