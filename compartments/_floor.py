@@ -19,8 +19,10 @@ What it refuses, and why:
   on many kernels and root passes its CAP_SYS_ADMIN check anyway), TIOCLINUX (console
   selection paste, the other way to type), the VT keymap writes KDSKBENT, KDSKBSENT and
   KDSETKEYCODE (rebind a key to a string: typed on the next key press), TIOCCONS
-  (redirect the console's output to this tty), TIOCSCTTY (with CAP_SYS_ADMIN, steal a
-  terminal from the parent's session), TIOCSPGRP (make another process group foreground:
+  (redirect the console's output to this tty), TIOCSCTTY with arg 1 (with CAP_SYS_ADMIN,
+  steal a terminal from the parent's session; arg 0, which login_tty() and pty.fork()
+  use on a new pty, stays allowed: it cannot take a terminal that is already some
+  session's), TIOCSPGRP (make another process group foreground:
   the parent's next terminal read stops it with SIGTTIN), TIOCVHANGUP (hang up the
   parent's terminal: SIGHUP to its session) and TIOCSETD (switch the line discipline:
   the parent's terminal stops working, and uncommon disciplines are kernel attack
@@ -78,7 +80,6 @@ FLOOR_IOCTL: dict[str, int] = {
     "TIOCSTI": _tty("TIOCSTI", 0x5412),
     "TIOCLINUX": _tty("TIOCLINUX", 0x541C),
     "TIOCCONS": _tty("TIOCCONS", 0x541D),
-    "TIOCSCTTY": _tty("TIOCSCTTY", 0x540E),
     "TIOCSPGRP": _tty("TIOCSPGRP", 0x5410),
     "TIOCVHANGUP": _tty("TIOCVHANGUP", 0x5437),
     "TIOCSETD": _tty("TIOCSETD", 0x5423),
@@ -89,6 +90,10 @@ FLOOR_IOCTL: dict[str, int] = {
     "FIOSETOWN": 0x8901,
     "SIOCSPGRP": 0x8902,
 }
+
+#: TIOCSCTTY is refused only with arg 1, the "steal" form (the kernel reads it as an int).
+TIOCSCTTY = _tty("TIOCSCTTY", 0x540E)
+_STEAL = 1
 
 #: fcntl commands refused on every fd.
 FLOOR_FCNTL: dict[str, int] = {
@@ -122,6 +127,7 @@ def rules() -> tuple[CompiledRule, ...]:
     """The floor's rules: each one an EPERM for one command (or one F_SETFL flag)."""
     refuse = _seccomp.errno_action(FLOOR_ERRNO)
     found = [CompiledRule("ioctl", refuse, (_low32(1, cmd),)) for cmd in FLOOR_IOCTL.values()]
+    found.append(CompiledRule("ioctl", refuse, (_low32(1, TIOCSCTTY), _low32(2, _STEAL))))
     found += [CompiledRule("fcntl", refuse, (_low32(1, cmd),)) for cmd in FLOOR_FCNTL.values()]
     found += [
         CompiledRule("fcntl", refuse, (_low32(1, _F_SETFL), _bit(2, flag)))
@@ -138,7 +144,7 @@ def build(*, tsync: bool) -> Any:
 def describe() -> Sequence[str]:
     """One line per refused group, for SafetyContext.describe()."""
     return (
-        f"ioctl {', '.join(FLOOR_IOCTL)}",
+        f"ioctl {', '.join(FLOOR_IOCTL)}, TIOCSCTTY with arg 1 (steal)",
         f"fcntl {', '.join(FLOOR_FCNTL)}",
         f"fcntl F_SETFL setting {', '.join(FLOOR_SETFL_FLAGS)}",
     )

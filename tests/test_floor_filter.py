@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 import termios
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -48,6 +50,48 @@ def test_every_apply_path_refuses_tiocsti_under_everything(
     assert run_in_child(body) == "EPERM"
     with pytest.raises(BlockingIOError):
         os.read(master, 64)
+
+
+def _controlling_tty(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[5])  # tty_nr
+
+
+def test_a_terminal_cannot_be_stolen_from_another_session(pty: tuple[int, int]) -> None:
+    """TIOCSCTTY with arg 1 (and CAP_SYS_ADMIN, which root keeps here) steals a terminal."""
+    _, slave = pty
+    owner = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl, sys, termios; fcntl.ioctl({slave}, "
+         "termios.TIOCSCTTY, 0); print(flush=True); sys.stdin.read()"],
+        pass_fds=[slave], start_new_session=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == b"\n"
+        held = _controlling_tty(owner.pid)
+
+        def body() -> None:
+            os.setsid()
+            SafetyContext().enable(SystemIO.everything()).apply_to_current_thread()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 1)
+
+        assert run_in_child(body) == "EPERM"
+        assert held != 0 and _controlling_tty(owner.pid) == held
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_new_session_may_still_take_a_free_terminal() -> None:
+    """Control: login_tty()/pty.fork() issue TIOCSCTTY with arg 0 on a fresh pty."""
+
+    def body() -> None:
+        _master, slave = os.openpty()
+        os.setsid()
+        SafetyContext().enable(SystemIO.everything()).apply_to_current_thread()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        assert os.tcgetpgrp(slave) == os.getpid()
+
+    assert run_in_child(body) == "ok"
 
 
 @pytest.mark.parametrize("flag", ["O_APPEND", "O_DIRECT", "O_ASYNC", "O_NOATIME"])

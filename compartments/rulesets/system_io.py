@@ -102,12 +102,13 @@ class SystemIO(BuiltinRuleSet):
 
         Every sealed process also carries a small floor filter (``compartments._floor``)
         that answers EPERM, whatever any RuleSet allows, to the terminal-injection and
-        terminal-takeover ioctls (TIOCSTI, TIOCLINUX, TIOCCONS, TIOCSETD, TIOCSCTTY,
-        TIOCSPGRP, TIOCVHANGUP, keymap changes), to the ways of aiming signals at another
-        process (F_SETOWN, F_SETOWN_EX, F_SETSIG, FIOSETOWN, SIOCSPGRP, FIOASYNC), to
-        F_SETLEASE, and to F_SETFL setting anything but O_NONBLOCK: a passed fd shares
-        its file description with the parent, so O_APPEND, O_DIRECT, O_ASYNC or O_NOATIME
-        set here would change the parent's own file.
+        terminal-takeover ioctls (TIOCSTI, TIOCLINUX, TIOCCONS, TIOCSETD, TIOCSPGRP,
+        TIOCVHANGUP, TIOCSCTTY's steal form, keymap changes), to the ways of aiming
+        signals at another process (F_SETOWN, F_SETOWN_EX, F_SETSIG, FIOSETOWN,
+        SIOCSPGRP, FIOASYNC), to F_SETLEASE, and to F_SETFL setting anything but
+        O_NONBLOCK: a passed fd shares its file description with the parent, so
+        O_APPEND, O_DIRECT, O_ASYNC or O_NOATIME set here would change the parent's own
+        file.
         """
         return self._with(simple=IOCTL)
 
