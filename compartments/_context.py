@@ -204,11 +204,12 @@ class SafetyContext:
         return "\n".join(lines)
 
     def export_pfc(self) -> str:
-        """libseccomp's pseudo-filter code for this policy, as text."""
+        """libseccomp's pseudo-filter code for this policy, as text (the floor filter
+        loaded beside it is ``compartments._floor``, the same for every policy)."""
         return _seccomp.export_pfc(self._build(tsync=False))
 
     def export_bpf(self) -> bytes:
-        """The raw BPF program this policy loads."""
+        """The raw BPF program this policy loads (besides the fixed floor filter)."""
         return _seccomp.export_bpf(self._build(tsync=False))
 
     # -- applying ---------------------------------------------------------------------
