@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _seccomp
+from . import _floor, _seccomp
 from ._landlock import LandlockPolicy, PathRule, PortRule, Scope
 from ._rules import RuleSet, SeccompRule, as_ruleset
 from ._seccomp import CompiledRule
@@ -68,7 +68,10 @@ class SafetyContext:
     """A default-deny seccomp policy built from named RuleSets.
 
     Every syscall no enabled RuleSet allows fails with EPERM (see :meth:`with_errno`).
-    A foreign architecture, x32 numbers included, kills the process.
+    A foreign architecture, x32 numbers included, kills the process. Applying also loads
+    a small floor filter (``compartments._floor``) that refuses terminal injection,
+    signal-aiming fcntl/ioctl commands and F_SETFL flags other than O_NONBLOCK, whatever
+    the RuleSets allow.
 
     Landlock: RuleSets may also grant paths (``SystemIO.allow_read_path()`` ...) and TCP
     ports (``Networking.allow_tcp_connect_port()`` ...). Applying then restricts the
@@ -137,6 +140,7 @@ class SafetyContext:
         name = str(ruleset.name)
         staged = self._grants.copy()
         new_landlock = _landlock_rules_of(ruleset, name)
+        _refuse_raw_mmap(ruleset, name)
         try:
             for syscall in ruleset.simple_rules():
                 _seccomp_name(syscall, name)
@@ -195,14 +199,17 @@ class SafetyContext:
         ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.append(f"(everything else: {errno_module.errorcode.get(self._errno, self._errno)})")
+        refused = errno_module.errorcode[_floor.FLOOR_ERRNO]
+        lines += [f"(always {refused}, whatever is allowed: {what})" for what in _floor.describe()]
         return "\n".join(lines)
 
     def export_pfc(self) -> str:
-        """libseccomp's pseudo-filter code for this policy, as text."""
+        """libseccomp's pseudo-filter code for this policy, as text (the floor filter
+        loaded beside it is ``compartments._floor``, the same for every policy)."""
         return _seccomp.export_pfc(self._build(tsync=False))
 
     def export_bpf(self) -> bytes:
-        """The raw BPF program this policy loads."""
+        """The raw BPF program this policy loads (besides the fixed floor filter)."""
         return _seccomp.export_bpf(self._build(tsync=False))
 
     # -- applying ---------------------------------------------------------------------
@@ -217,7 +224,9 @@ class SafetyContext:
 
     def _apply(self, *, tsync: bool) -> None:
         flt = self._build(tsync=tsync)
+        floor = _floor.build(tsync=tsync)
         self._apply_landlock(all_threads=tsync)
+        _seccomp.load(floor)  # first: the main filter denies seccomp() itself
         _seccomp.load(flt)
 
     def apply_with_listener(self) -> int:
@@ -228,7 +237,9 @@ class SafetyContext:
         threads could let its own denied calls through.
         """
         flt = self._build(tsync=True, default_action=_seccomp.NOTIFY)
+        floor = _floor.build(tsync=True)
         self._apply_landlock(all_threads=True)
+        _seccomp.load(floor)  # its EPERMs win over the listener: never notified
         _seccomp.load(flt)
         return _seccomp.notify_fd(flt)
 
@@ -299,6 +310,31 @@ def _duplicate_path_message(previous: PathRule, rule: PathRule, ruleset: str) ->
         who = f"two RuleSets, `{previous.ruleset}` and `{ruleset}`"
         fix = "grant it from one RuleSet only"
     return f"path {rule.path!r}{alias} is granted by {who}: {fix}"
+
+
+def _refuse_raw_mmap(ruleset: RuleSet, name: str) -> None:
+    """mmap for any arguments would undo the base set's guard on held fds: refuse it.
+
+    A conditional mmap rule is OR-ed with the base set's, as every rule is: that is the
+    RuleSet author's explicit choice (``SystemIO.allow_shared_mapping(fd)`` is one).
+    """
+    unconditional = "mmap" in ruleset.simple_rules() or any(
+        isinstance(rule, SeccompRule) and not rule.conditions and rule.errno is None
+        for rule in ruleset.conditional_rules().get("mmap", ())
+    )
+    if not unconditional:
+        return
+    who = 'Enabling "mmap" by name' if name == "mmap" else f"RuleSet `{name}`"
+    raise RuleConflictError(
+        "mmap",
+        "BasicCapabilities",
+        name,
+        f"{who} allows `mmap` for any arguments, which would allow "
+        "MAP_SHARED mappings of held files: a shared mapping of an fd opened for writing "
+        "writes the file even where only reading is granted. BasicCapabilities already "
+        "allows anonymous and MAP_PRIVATE mappings; for a shared mapping of one fd, use "
+        "SystemIO.nothing().allow_shared_mapping(fd).",
+    )
 
 
 def _path_grant_conflict(exc: RuleConflictError) -> RuleConflictError:

@@ -34,8 +34,8 @@ __all__ = [
     "syscall_number",
 ]
 
-# libseccomp's binary-tree layout keeps large filters O(log n), but costs more than a
-# linear scan for a handful of rules.
+# libseccomp's binary-tree layout keeps large filters O(log n) in the number of syscalls,
+# but costs more than a linear scan for a handful of them.
 BINARY_TREE_THRESHOLD = 16
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -102,7 +102,7 @@ def build_filter(
     flt.set_attr(pyseccomp.Attr.CTL_NNP, 1)
     if tsync:
         flt.set_attr(pyseccomp.Attr.CTL_TSYNC, 1)
-    if len(rules) >= BINARY_TREE_THRESHOLD:
+    if len({rule.syscall for rule in rules}) >= BINARY_TREE_THRESHOLD:
         flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
     for rule in rules:
         args = [pyseccomp.Arg(c.index, c.op, c.datum_a, c.datum_b) for c in rule.comparisons]

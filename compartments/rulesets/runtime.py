@@ -7,6 +7,7 @@ moved into it with dup3, the only place dup3 may write to.
 
 from __future__ import annotations
 
+from .._floor import SETFL_REFUSED
 from .._rules import Arg, SeccompRule
 from ._builder import BuiltinRuleSet
 
@@ -24,10 +25,18 @@ CHANNEL_IO = ("recvfrom", "recvmsg", "sendto", "sendmsg", "getsockopt", "getsock
 # of the same uid, and ioctl on a socket reaches dev_ioctl (SIOCSIF*: with root's
 # CAP_NET_ADMIN, reconfigure the host's interfaces) or, after dup3 into the block,
 # TIOCSTI on a terminal.
+#
+# F_SETFL may toggle O_NONBLOCK only. dup3 takes any fd into the block, a passed fd among
+# them, and a passed fd shares its file description with the parent: O_APPEND, O_ASYNC,
+# O_DIRECT or O_NOATIME set here would change the parent's own file (O_DIRECT on a shared
+# stderr made the parent's writes fail). Access-mode and other bits that F_SETFL ignores
+# stay allowed: callers toggling O_NONBLOCK with F_SETFL pass back what F_GETFL returned
+# (O_RDWR, O_LARGEFILE, ...). os.set_blocking() itself uses ioctl(FIONBIO).
+# The always-loaded floor (compartments._floor) refuses the same bits for every grant.
 _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL = 1, 2, 3, 4
 _FIONBIO, _FIONCLEX, _FIOCLEX = 0x5421, 0x5450, 0x5451
 SAFE_COMMANDS = {
-    "fcntl": (_F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL),
+    "fcntl": (_F_GETFD, _F_SETFD, _F_GETFL),
     "ioctl": (_FIONBIO, _FIONCLEX, _FIOCLEX),
 }
 
@@ -55,7 +64,12 @@ class ChannelRuntime(BuiltinRuleSet):
                 for name, cmds in SAFE_COMMANDS.items()
                 for cmd in cmds
             ]
-            + [_in_channel_block("dup3", 1)],
+            + [
+                _command_on_channel("fcntl", _F_SETFL).and_condition(
+                    Arg(2, bits=32) & SETFL_REFUSED == 0
+                ),
+                _in_channel_block("dup3", 1),
+            ],
         )
         self._simple = granted._simple
         self._conditional = granted._conditional

@@ -98,6 +98,18 @@ class SystemIO(BuiltinRuleSet):
         return self._with(simple=CLOSE)
 
     def allow_ioctl(self) -> SystemIO:
+        """ioctl and fcntl on any fd, with any command but those the floor refuses.
+
+        Every sealed process also carries a small floor filter (``compartments._floor``)
+        that answers EPERM, whatever any RuleSet allows, to the terminal-injection and
+        terminal-takeover ioctls (TIOCSTI, TIOCLINUX, TIOCCONS, TIOCSETD, TIOCSPGRP,
+        TIOCVHANGUP, TIOCSCTTY's steal form, keymap changes), to the ways of aiming
+        signals at another process (F_SETOWN, F_SETOWN_EX, F_SETSIG, FIOSETOWN,
+        SIOCSPGRP, FIOASYNC), to F_SETLEASE, and to F_SETFL setting anything but
+        O_NONBLOCK: a passed fd shares its file description with the parent, so
+        O_APPEND, O_DIRECT, O_ASYNC or O_NOATIME set here would change the parent's own
+        file.
+        """
         return self._with(simple=IOCTL)
 
     def allow_open(self) -> YesReally[SystemIO]:
@@ -136,6 +148,23 @@ class SystemIO(BuiltinRuleSet):
         """Write, seek and sync on this one fd."""
         fd = fd_number(file, "SystemIO.allow_file_write")
         return self._with(conditional=_on_fd(_FD_WRITE, fd))
+
+    def allow_shared_mapping(self, file: Any) -> SystemIO:
+        """mmap with MAP_SHARED on this one fd (SQLite's WAL index, its ``-shm`` file).
+
+        The base set maps files MAP_PRIVATE only, because a shared mapping of an fd
+        opened for writing writes the file, and mprotect (which cannot be checked) can
+        make a read-only shared mapping writable later. So this grant is write access to
+        that fd's file whenever the fd was opened for writing, whatever ``write``
+        grants say: give it only on an fd the compartment may write anyway (as
+        SQLite's ``-shm`` is, with pwrite64). It needs no ``yes_really()`` because it
+        names one fd and adds no power over that fd beyond writing it; it is named
+        loudly instead. The grant is on the fd *number* (mmap's fd argument, arg4, low
+        32 bits, as the kernel reads it): whatever file later holds that number is
+        covered too, as with every fd-scoped grant.
+        """
+        fd = fd_number(file, "SystemIO.allow_shared_mapping")
+        return self._with(conditional=[SeccompRule("mmap").and_condition(Arg(4, bits=32) == fd)])
 
     # -- Landlock-backed path grants ------------------------------------------------
     #

@@ -3,7 +3,8 @@
 Setup (unrestricted) opens the file, switches it to WAL, creates the table, commits once
 so that the ``-wal`` and ``-shm`` files exist and are held open, seeds SQLite's PRNG and
 prepares every statement. The seal then grants, for exactly those three fds, what SQLite
-really uses (pread64, pwrite64, fdatasync, ftruncate, fstat, fcntl record locks). No
+really uses (pread64, pwrite64, fdatasync, ftruncate, fstat, fcntl record locks, and a
+shared mapping of -shm, the one shared file mapping the seal allows). No
 open, no socket, no connect, no exec: a compromised database process can corrupt its own
 database, nothing else. Even stdout is closed to it.
 
@@ -152,7 +153,9 @@ _AT_EMPTY_PATH = 0x1000
 #: 60 KB messages: positioned reads and writes, data syncs (fsync where fdatasync is
 #: missing), ftruncate (checkpoints size the database file, TRUNCATE empties the WAL),
 #: fstat (glibc >= 2.33 issues newfstatat(fd, "", AT_EMPTY_PATH)), POSIX record locks.
-#: mmap of -shm is in the base set. No read/write/lseek: SQLite uses pread64/pwrite64.
+#: SQLite maps -shm MAP_SHARED (and maps more of it as it grows, after the seal): the base
+#: set maps files MAP_PRIVATE only, so -shm gets SystemIO.allow_shared_mapping(), on that
+#: one fd, which SQLite writes anyway. No read/write/lseek: SQLite uses pread64/pwrite64.
 SQLITE_FD_SYSCALLS = ("pread64", "pwrite64", "fdatasync", "fsync", "ftruncate", "fstat")
 
 
@@ -195,8 +198,12 @@ def database_rules(db: SQLiteDatabase) -> list[RuleSet]:
 
 
 def database_rules_for(files: Mapping[str, int]) -> list[RuleSet]:
-    """SystemIO grants nothing (no open, no other fd); SQLiteFiles the fds SQLite holds."""
-    return [SystemIO.nothing(), SQLiteFiles(tuple(sorted(files.values())))]
+    """SystemIO grants only the shared mapping of -shm (no open, no other fd); SQLiteFiles
+    the fds SQLite holds."""
+    return [
+        SystemIO.nothing().allow_shared_mapping(files["shm"]),
+        SQLiteFiles(tuple(sorted(files.values()))),
+    ]
 
 
 @compartment(rules=database_rules, name="Database")
