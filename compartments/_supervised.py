@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from . import _largebytes, _wire
+from . import _largebytes, _output, _wire
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._rules import ruleset_to_data
-from ._supervisor import START_TIMEOUT, ChildProcess, get_zygote, new_connection
+from ._supervisor import START_TIMEOUT, ChildProcess, new_connection, zygote_for
 from ._violations import ViolationLog, log
 from ._wire import Fd, PeerRef, RemoteTraceback
 from .errors import CallTimeout, CompartmentClosed, CompartmentCrashed
@@ -161,18 +161,22 @@ class Supervised:
         self.restarts += 1
 
     def _start(self) -> None:
+        """Fork a child from its module's zygote, then send it its arguments on its own
+        channel: the zygote, which every later compartment is forked from, never sees them."""
         definition = self.definition
-        zygote = get_zygote(definition.max_message)
+        module = definition.target.__module__
+        zygote = zygote_for(module, definition.max_message)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        output = _output.outputs(self.name)
         with child_end:
             args, kwargs, brokered = _broker_peers(self.name, self._args, self._kwargs)
             spec = {
                 "name": self.name,
-                "module": definition.target.__module__,
+                "module": module,
                 "qualname": definition.target.__qualname__,
                 "channel": Fd(child_end),
-                "args": args,
-                "kwargs": kwargs,
+                "stdout": Fd(output.stdout_w),
+                "stderr": Fd(output.stderr_w),
                 "max_message": definition.max_message,
                 "rules": definition.rules_as_data(),
                 "listener": definition.report_violations,
@@ -181,21 +185,32 @@ class Supervised:
             }
             try:
                 pid = zygote.spawn(spec)
-            finally:
+            except BaseException:
                 for sock in brokered:
                     sock.close()
-        child = ChildProcess(self.name, pid, zygote)
+                parent_end.close()
+                output.retire()
+                raise
+            finally:
+                output.close_write_ends()
+        child = ChildProcess(self.name, pid, zygote, output)
         connection = new_connection(
             parent_end, self.name, definition.max_message, self.violations.on_notification
         )
         connection.explain_failure = child.explain
         self.violations.attach(connection)
         try:
-            connection.call("$start", [], timeout=START_TIMEOUT)
+            send_call(
+                definition, "__init__", args, kwargs,
+                lambda params: connection.call("$start", params, timeout=START_TIMEOUT),
+            )  # fmt: skip
         except BaseException:
             connection.close()
             child.reap(GRACE_PERIOD)
             raise
+        finally:
+            for sock in brokered:
+                sock.close()
         self._child, self._connection = child, connection
         self.generation += 1
 
