@@ -166,33 +166,32 @@ class Supervised:
         definition = self.definition
         module = definition.target.__module__
         zygote = zygote_for(module, definition.max_message)
+        args, kwargs, brokered = _broker_peers(self.name, self._args, self._kwargs)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         output = _output.outputs(self.name)
-        with child_end:
-            args, kwargs, brokered = _broker_peers(self.name, self._args, self._kwargs)
-            spec = {
-                "name": self.name,
-                "module": module,
-                "qualname": definition.target.__qualname__,
-                "channel": Fd(child_end),
-                "stdout": Fd(output.stdout_w),
-                "stderr": Fd(output.stderr_w),
-                "max_message": definition.max_message,
-                "rules": definition.rules_as_data(),
-                "listener": definition.report_violations,
-                "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
-                "isolate": None if definition.isolate is None else definition.isolate.to_data(),
-            }
-            try:
-                pid = zygote.spawn(spec)
-            except BaseException:
-                for sock in brokered:
-                    sock.close()
-                parent_end.close()
-                output.retire()
-                raise
-            finally:
-                output.close_write_ends()
+        spec = {
+            "name": self.name,
+            "module": module,
+            "qualname": definition.target.__qualname__,
+            "channel": Fd(child_end),
+            "stdout": Fd(output.stdout_w),
+            "stderr": Fd(output.stderr_w),
+            "max_message": definition.max_message,
+            "rules": definition.rules_as_data(),
+            "listener": definition.report_violations,
+            "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
+            "isolate": None if definition.isolate is None else definition.isolate.to_data(),
+        }
+        try:
+            pid = zygote.spawn(spec)
+        except BaseException:
+            for sock in (*brokered, parent_end):
+                sock.close()
+            output.retire()
+            raise
+        finally:
+            child_end.close()
+            output.close_write_ends()
         child = ChildProcess(self.name, pid, zygote, output)
         connection = new_connection(
             parent_end, self.name, definition.max_message, self.violations.on_notification
