@@ -140,6 +140,8 @@ class ModuleZygote:
                 self.pid = int(
                     base.connection.call("fork_module", [module, *fds], timeout=START_TIMEOUT)
                 )
+            # Our base's unreaped child until its next request: the pidfd is that process.
+            self._pidfd = os.pidfd_open(self.pid)
         except BaseException:
             parent_end.close()
             self.output.retire()
@@ -153,7 +155,11 @@ class ModuleZygote:
 
     @property
     def alive(self) -> bool:
-        return self.connection.failure is None and not self.connection.channel.closed
+        if self._pidfd < 0 or self.connection.failure is not None:
+            return False
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     def spawn(self, spec: dict[str, Any]) -> int:
         return int(self.connection.call("spawn", [spec], timeout=START_TIMEOUT))
@@ -169,6 +175,9 @@ class ModuleZygote:
     def close(self) -> None:
         """Closing the control socket ends it (the base zygote reaps it)."""
         self.connection.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         self.output.retire()
 
 

@@ -11,7 +11,9 @@ zygote: whatever that module (and what it imports) did at import time, including
 module-level state and caches, and the spawn requests of their earlier siblings (names,
 rules, isolate settings: configuration the parent chose, never arguments). They share
 nothing they *received*: constructor arguments and calls travel on each compartment's
-own channel, after the fork, so no zygote ever decodes them.
+own channel, after the fork, so no zygote ever decodes them. All Pool workers are
+compartments of ``compartments._pool``: they share only that, and import the modules
+they were told to preload after the fork, each for itself.
 
 The zygotes follow the parent *process*, not the thread that happened to start them
 (``PR_SET_PDEATHSIG`` fires when that thread exits): each watches a pidfd of the parent

@@ -151,3 +151,19 @@ def test_killing_the_parent_still_takes_its_zygotes_and_compartments_down(
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_module_zygote_is_replaced_on_the_next_start() -> None:
+    with Worker() as worker:
+        worker.ping()
+    zygote = supervisor._zygote
+    assert zygote is not None
+    (module_zygote,) = zygote.module_zygotes.values()
+    os.kill(module_zygote.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while module_zygote.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with Worker() as worker:
+        assert worker.ping()
+    assert zygote.module_zygotes["zygote_attacks"].pid != module_zygote.pid
