@@ -9,11 +9,11 @@ line to the parent's ``sys.stdout`` / ``sys.stderr`` as ``[name] line``, every c
 character escaped.
 
 Bounded in every direction, since the writer may be hostile: a line longer than
-:data:`LINE_CAP` bytes is cut (saying how much), a compartment that prints more than
-:data:`BYTES_PER_SECOND` has the excess dropped (and counted, and reported once the
-flood has stopped for a second) while its pipes are read at most every
-:data:`DROP_INTERVAL`, and what waits to be written is capped. Only the relay thread
-writes to the parent's streams, so a slow terminal never blocks a caller.
+:data:`LINE_CAP` bytes is cut (saying how much); a compartment that prints more than
+:data:`BYTES_PER_SECOND` or :data:`LINES_PER_SECOND` has the excess dropped, counted and
+reported once the flood has stopped for a second, while its pipes are read (and
+dropped) at most every :data:`DROP_INTERVAL`; what waits to be written is capped. Only
+the relay thread writes to the parent's streams, so a slow terminal never blocks a caller.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ from typing import TextIO
 
 from ._text import printable
 
-__all__ = ["BYTES_PER_SECOND", "LINE_CAP", "Outputs", "relay"]
+__all__ = ["BYTES_PER_SECOND", "LINES_PER_SECOND", "LINE_CAP", "Outputs", "outputs", "relay"]
 
 #: The longest line relayed whole, in bytes; the rest of it is counted, not shown.
 LINE_CAP = 4096
-#: What one compartment may print per second (stdout and stderr together).
+#: What one compartment may print per second (stdout and stderr together): bytes, and
+#: lines, since each relayed line costs the parent a little work of its own.
 BYTES_PER_SECOND = 256 * 1024
+LINES_PER_SECOND = 2000
 #: While over its budget, a compartment's pipes are drained (and dropped) this seldom.
 DROP_INTERVAL = 0.02
 #: A flood is over once nothing was dropped for this long; then it is reported.
@@ -53,6 +55,7 @@ class _Source:
         self.prefix = f"[{printable(name, 200)}] "
         self.window_start = time.monotonic()
         self.window_bytes = 0
+        self.window_lines = 0
         self.paused_until = 0.0
         self.dropped_bytes = 0
         self.dropped_lines = 0
@@ -62,7 +65,7 @@ class _Source:
     def budget(self, now: float) -> int:
         """Bytes this source may still have relayed in the current second."""
         if now - self.window_start >= 1.0:
-            self.window_start, self.window_bytes = now, 0
+            self.window_start, self.window_bytes, self.window_lines = now, 0, 0
         return max(BYTES_PER_SECOND - self.window_bytes, 0)
 
     def drop(self, data: memoryview, now: float) -> None:
@@ -75,8 +78,9 @@ class _Source:
         if not self.dropped_bytes:
             return None
         report = (
-            f"{self.prefix}[output over {BYTES_PER_SECOND} bytes/s: dropped "
-            f"{self.dropped_bytes} bytes, {self.dropped_lines} lines]\n"
+            f"{self.prefix}[output over its budget of {BYTES_PER_SECOND} bytes and "
+            f"{LINES_PER_SECOND} lines a second: dropped {self.dropped_bytes} bytes, "
+            f"{self.dropped_lines} lines]\n"
         )
         self.dropped_bytes = self.dropped_lines = 0
         return report
@@ -257,29 +261,38 @@ class _Relay:
             self._finish(stream)
 
     def _take(self, stream: _Stream, data: memoryview, now: float) -> None:
+        """Relay the complete lines in ``data`` that fit the budget; drop the rest."""
         source = stream.source
-        allowed = source.budget(now)
-        source.window_bytes += min(len(data), allowed)
-        raw = bytes(data[:allowed])
+        raw = bytes(data[: source.budget(now)])
         start = 0
         while (end := raw.find(b"\n", start)) >= 0:
+            if source.window_lines >= LINES_PER_SECOND:
+                break
             self._add(stream, raw[start:end])
-            if stream.skipping:  # the rest of a line whose start a flood dropped
-                source.dropped_bytes += len(stream.line) + stream.cut
-                source.dropped_lines += 1
-                stream.skipping = False
-            else:
-                self._emit(stream)
-            stream.line.clear()
-            stream.cut = 0
+            self._end_line(stream)
             start = end + 1
-        self._add(stream, raw[start:])
-        if len(data) > allowed:  # over budget: drop the rest, and the line it belongs to
-            source.drop(data[allowed:], now)
+        else:
+            self._add(stream, raw[start:])
+            start = len(raw)
+        source.window_bytes += start
+        if start < len(data):  # over budget: drop the rest, and the line it belongs to
+            source.drop(data[start:], now)
             source.dropped_bytes += len(stream.line) + stream.cut
             stream.line.clear()
             stream.cut = 0
             stream.skipping = True
+
+    def _end_line(self, stream: _Stream) -> None:
+        source = stream.source
+        if stream.skipping:  # the rest of a line whose start a flood dropped
+            source.dropped_bytes += len(stream.line) + stream.cut
+            source.dropped_lines += 1
+            stream.skipping = False
+        else:
+            self._emit(stream)
+            source.window_lines += 1
+        stream.line.clear()
+        stream.cut = 0
 
     @staticmethod
     def _add(stream: _Stream, part: bytes) -> None:

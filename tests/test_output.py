@@ -65,7 +65,8 @@ def test_output_over_the_budget_is_dropped_and_reported(
     seen = _relayed(capsys, "dropped")
     assert seen == (
         "[flood] xxxxxxxxx\n"
-        "[flood] [output over 100 bytes/s: dropped 1010 bytes, 2 lines]\n"
+        "[flood] [output over its budget of 100 bytes and 2000 lines a second: dropped "
+        "1010 bytes, 2 lines]\n"
     )
 
 
@@ -87,3 +88,15 @@ def test_retired_pipes_are_closed() -> None:
     for _ in range(50):
         _output.outputs("census").retire()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_lines_over_the_budget_are_dropped_and_reported(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_output, "LINES_PER_SECOND", 3)
+    pipes = _output.outputs("chatty")
+    os.write(pipes.stdout_w, b"1\n2\n3\n4\n5\n")
+    pipes.retire()
+    seen = _relayed(capsys, "dropped")
+    assert seen.startswith("[chatty] 1\n[chatty] 2\n[chatty] 3\n[chatty] [output over")
+    assert seen.endswith("dropped 4 bytes, 2 lines]\n")

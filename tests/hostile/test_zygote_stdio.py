@@ -175,6 +175,19 @@ def test_an_output_flood_is_dropped_counted_and_bounded(
     relayed = len(seen.encode())
     print(f"\n{flood} bytes printed in {elapsed:.2f}s; {relayed} relayed")
     assert relayed <= _output.BYTES_PER_SECOND * (elapsed + 2) + 64 * 1024
-    assert "[Printer] [output over" in seen and "bytes/s: dropped" in seen
+    assert "[Printer] [output over its budget" in seen and "a second: dropped" in seen
     assert captured.read_bytes() == SECRET_OUTPUT  # nothing went around the relay
     assert _rss() - rss_before < 64 << 20
+
+
+@pytest.mark.timeout(90)
+def test_a_flood_of_empty_lines_is_bounded_in_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    with Printer() as printer:
+        printer.flood(2 << 20, line_length=1)
+    elapsed = time.monotonic() - started
+    seen = _relayed(capfd, lambda seen: "dropped" in seen)
+    lines = seen.count("\n")
+    print(f"\n{2 << 20} empty lines printed in {elapsed:.2f}s; {lines} relayed")
+    assert lines <= _output.LINES_PER_SECOND * (elapsed + 2)
+    assert "a second: dropped" in seen

@@ -188,8 +188,8 @@ class Printer:
     def write(self, fd: int, data: bytes) -> int:
         return os.write(fd, data)
 
-    def flood(self, total: int) -> int:
-        chunk = (b"x" * 99 + b"\n") * 655
+    def flood(self, total: int, line_length: int = 100) -> int:
+        chunk = (b"x" * (line_length - 1) + b"\n") * (65536 // line_length)
         written = 0
         while written < total:
             written += os.write(1, chunk)
