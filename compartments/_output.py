@@ -345,6 +345,15 @@ def relay() -> _Relay:
         return _relay
 
 
+def _forget_in_child() -> None:
+    """A forked copy of the parent has no relay thread: it starts its own if it needs one."""
+    global _relay, _relay_lock
+    _relay, _relay_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def outputs(name: str) -> Outputs:
     """Fresh stdout and stderr pipes for the process called ``name``."""
     return Outputs(relay(), name)
