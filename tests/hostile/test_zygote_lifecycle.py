@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 import zygote_attacks
 from zygote_attacks import Worker, whoami
+from zygote_support import own_zygote
 
 import compartments._supervisor as supervisor
 from compartments import Pool
@@ -36,10 +37,8 @@ SETTLE = 0.3
 
 @pytest.fixture(autouse=True)
 def fresh_zygote() -> Iterator[None]:
-    """The next compartment starts a new zygote, from whichever thread starts it."""
-    supervisor._stop_everything()
-    yield
-    supervisor._stop_everything()
+    with own_zygote():
+        yield
 
 
 def _in_a_thread_that_exits(work: Callable[[], T]) -> T:

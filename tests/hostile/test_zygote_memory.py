@@ -14,9 +14,8 @@ from collections.abc import Iterator
 import pytest
 import zygote_victims
 from zygote_attacks import Scavenger
+from zygote_support import own_zygote
 from zygote_victims import Neighbour, Vault
-
-import compartments._supervisor as supervisor
 
 NEEDLE = "zygote-vault-key:"
 
@@ -33,9 +32,8 @@ def _stolen(tokens: set[str], found: list[str]) -> int:
 @pytest.fixture(autouse=True)
 def fresh_zygote() -> Iterator[None]:
     """Each attack starts from zygotes that have seen nothing yet."""
-    supervisor._stop_everything()
-    yield
-    supervisor._stop_everything()
+    with own_zygote():
+        yield
 
 
 @pytest.mark.timeout(60)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 from zygote_attacks import FlagSetter, Printer, StdioProbe
+from zygote_support import own_zygote
 
-import compartments._supervisor as supervisor
 from compartments import _output
 
 SECRET_OUTPUT = b"the parent printed this: stdout-secret-4f1d\n"
@@ -27,9 +27,8 @@ SECRET_OUTPUT = b"the parent printed this: stdout-secret-4f1d\n"
 
 @pytest.fixture(autouse=True)
 def fresh_zygote() -> Iterator[None]:
-    supervisor._stop_everything()
-    yield
-    supervisor._stop_everything()
+    with own_zygote():
+        yield
 
 
 @contextlib.contextmanager
@@ -40,9 +39,9 @@ def _parent_fds_on(fd: int) -> Iterator[None]:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        yield
+        with own_zygote():
+            yield
     finally:
-        supervisor._stop_everything()
         for target, copy in zip((1, 2), saved, strict=True):
             os.dup2(copy, target)
             os.close(copy)
