@@ -47,15 +47,19 @@ def _fd_carriers(spec: dict[str, Any]) -> Iterable[Fd | PeerRef]:
 
 
 def _own_stdio(spec: dict[str, Any]) -> None:
-    """Our own output pipes on fds 1 and 2, line-buffered so the parent relays each line
-    as it is printed; stdin stays the zygote's /dev/null."""
+    """Our own output pipes on fds 1 and 2; stdin stays the zygote's /dev/null.
+
+    stdout is buffered as it would be on the parent's own stdout: by line when that is a
+    terminal, by block otherwise (so a print without a stdout grant fails only when it
+    is flushed, as it always has)."""
     for key, target in (("stdout", 1), ("stderr", 2)):
         fd = spec.get(key)
         if isinstance(fd, Fd):
             os.dup2(fd.fileno(), target)
             fd.close()
-    with contextlib.suppress(Exception):
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if spec.get("line_buffered") is True:
+        with contextlib.suppress(Exception):
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
 
 class _ChannelSlots:

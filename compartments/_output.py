@@ -29,7 +29,15 @@ from typing import TextIO
 
 from ._text import printable
 
-__all__ = ["BYTES_PER_SECOND", "LINES_PER_SECOND", "LINE_CAP", "Outputs", "outputs", "relay"]
+__all__ = [
+    "BYTES_PER_SECOND",
+    "LINES_PER_SECOND",
+    "LINE_CAP",
+    "Outputs",
+    "outputs",
+    "parent_stdout_is_a_terminal",
+    "relay",
+]
 
 #: The longest line relayed whole, in bytes; the rest of it is counted, not shown.
 LINE_CAP = 4096
@@ -343,6 +351,14 @@ def relay() -> _Relay:
         if _relay is None:
             _relay = _Relay()
         return _relay
+
+
+def parent_stdout_is_a_terminal() -> bool:
+    """Whether a compartment's stdout should be line-buffered, as it would be here."""
+    try:
+        return sys.stdout is not None and sys.stdout.isatty()
+    except (OSError, ValueError):
+        return False
 
 
 def _forget_in_child() -> None:

@@ -176,6 +176,7 @@ class Supervised:
             "channel": Fd(child_end),
             "stdout": Fd(output.stdout_w),
             "stderr": Fd(output.stderr_w),
+            "line_buffered": _output.parent_stdout_is_a_terminal(),
             "max_message": definition.max_message,
             "rules": definition.rules_as_data(),
             "listener": definition.report_violations,
