@@ -23,7 +23,7 @@ from ._privileges import drop_capabilities, set_no_new_privs
 from ._rules import ruleset_from_data
 from ._server import Server
 from ._wire import Fd, PeerRef
-from .errors import LandlockError, UnsupportedError
+from .errors import LandlockError, ProtocolError, UnsupportedError
 from .rulesets.runtime import CHANNEL_FD_BASE, CHANNEL_FD_LIMIT, ChannelRuntime
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
@@ -40,8 +40,26 @@ def close_spec_fds(spec: dict[str, Any]) -> None:
 
 
 def _fd_carriers(spec: dict[str, Any]) -> Iterable[Fd | PeerRef]:
-    values = [spec.get("channel"), *spec.get("args", ()), *spec.get("kwargs", {}).values()]
+    """The fds a spawn spec carries (channel, stdio), or a ``$start`` request's arguments."""
+    values = [spec.get("channel"), spec.get("stdout"), spec.get("stderr")]
+    values += [*spec.get("args", ()), *spec.get("kwargs", {}).values()]
     return [v for v in values if isinstance(v, (Fd, PeerRef))]
+
+
+def _own_stdio(spec: dict[str, Any]) -> None:
+    """Our own output pipes on fds 1 and 2; stdin stays the zygote's /dev/null.
+
+    stdout is buffered as it would be on the parent's own stdout: by line when that is a
+    terminal, by block otherwise (so a print without a stdout grant fails only when it
+    is flushed, as it always has)."""
+    for key, target in (("stdout", 1), ("stderr", 2)):
+        fd = spec.get(key)
+        if isinstance(fd, Fd):
+            os.dup2(fd.fileno(), target)
+            fd.close()
+    if spec.get("line_buffered") is True:
+        with contextlib.suppress(Exception):
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
 
 class _ChannelSlots:
@@ -257,20 +275,24 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
     code = 0
     try:
         _harden(zygote_pid)
+        _own_stdio(spec)
         primary = channel_from_fd(spec["channel"], "parent")
-        arguments = {"args": spec.get("args", []), "kwargs": spec.get("kwargs", {})}
         keep = {0, 1, 2, primary.fileno()}
-        keep.update(
-            (v.fd if isinstance(v, PeerRef) else v).fileno() for v in _fd_carriers(arguments)
-        )
         _close_all_but(keep)
         _largebytes.reader = _largebytes.read_by_mmap  # sealed: no pread, mmap is allowed
-        compartment = _Compartment(spec, primary)
+        start = _receive_start(primary, int(spec["max_message"]))
         try:
+            args, kwargs = _split_params("$start", start.params)
+            keep.update(
+                (v.fd if isinstance(v, PeerRef) else v).fileno()
+                for v in _fd_carriers({"args": args, "kwargs": kwargs})
+            )
+            compartment = _Compartment(spec, primary)
             if spec.get("isolate") is not None:  # namespaces + tmpfs root; we become pid 2
                 _warm_sources(compartment.target)  # the sources stay outside
                 Isolate.from_data(spec["isolate"]).enter(keep)
-            compartment.set_up(list(spec.get("args", [])), dict(spec.get("kwargs", {})))
+            compartment.set_up(args, kwargs)
+            del args, kwargs
             _warm_sources(compartment.target)
             # Setup may have needed root's powers (a low port); the sealed code never does.
             drop_capabilities()
@@ -279,8 +301,9 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             else:
                 _seal(compartment.rules(), primary, listener=spec.get("listener") is not False)
         except Exception as exc:
-            _report_setup_failure(primary, exc, int(spec["max_message"]))
+            _report_setup_failure(primary, start.msgid, exc)
             _exit(1)
+        primary.send(*_wire.encode_response(start.msgid, None, os.getpid()))
         server = Server(primary, compartment.handle, max_message=compartment.max_message)
         compartment.server = server
         server.serve_forever()
@@ -291,15 +314,29 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
     _exit(code)
 
 
-def _report_setup_failure(primary: Channel, exc: BaseException, max_message: int) -> None:
-    """Answer the parent's ``$start`` with the setup error, then stop."""
+def _receive_start(primary: Channel, max_message: int) -> _wire.Request:
+    """The parent's first request, ``$start`` with the constructor's [args, kwargs]: they
+    come on our own channel, after the fork, so no zygote ever held them."""
     decoder = _decoder.FrameDecoder(max_message=max_message, name="parent", from_parent=True)
     while primary.receive_into(decoder):
-        for message in decoder:
-            if isinstance(message, _wire.Request):
-                data, fds = _wire.encode_response(message.msgid, _wire.encode_error(exc), None)
-                primary.send(data, fds)
-                return
+        message = decoder.next_message()
+        if message is None:
+            continue
+        if (
+            type(message) is not _wire.Request
+            or message.method != "$start"
+            or decoder.next_message() is not None
+            or not decoder.between_frames
+        ):
+            raise ProtocolError("the parent's first message must be `$start`, alone")
+        return message
+    raise SystemExit(1)  # the parent gave up before starting us
+
+
+def _report_setup_failure(primary: Channel, msgid: int, exc: BaseException) -> None:
+    """Answer the parent's ``$start`` with the setup error, then stop."""
+    data, fds = _wire.encode_response(msgid, _wire.encode_error(exc), None)
+    primary.send(data, fds)
 
 
 def _exit(code: int) -> NoReturn:

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from . import _largebytes, _wire
+from . import _largebytes, _output, _wire
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._rules import ruleset_to_data
-from ._supervisor import START_TIMEOUT, ChildProcess, get_zygote, new_connection
+from ._supervisor import START_TIMEOUT, ChildProcess, new_connection, zygote_for
 from ._violations import ViolationLog, log
 from ._wire import Fd, PeerRef, RemoteTraceback
 from .errors import CallTimeout, CompartmentClosed, CompartmentCrashed
@@ -161,41 +161,56 @@ class Supervised:
         self.restarts += 1
 
     def _start(self) -> None:
+        """Fork a child from its module's zygote, then send it its arguments on its own
+        channel: the zygote, which every later compartment is forked from, never sees them."""
         definition = self.definition
-        zygote = get_zygote(definition.max_message)
+        module = definition.target.__module__
+        zygote = zygote_for(module, definition.max_message)
+        args, kwargs, brokered = _broker_peers(self.name, self._args, self._kwargs)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        with child_end:
-            args, kwargs, brokered = _broker_peers(self.name, self._args, self._kwargs)
-            spec = {
-                "name": self.name,
-                "module": definition.target.__module__,
-                "qualname": definition.target.__qualname__,
-                "channel": Fd(child_end),
-                "args": args,
-                "kwargs": kwargs,
-                "max_message": definition.max_message,
-                "rules": definition.rules_as_data(),
-                "listener": definition.report_violations,
-                "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
-                "isolate": None if definition.isolate is None else definition.isolate.to_data(),
-            }
-            try:
-                pid = zygote.spawn(spec)
-            finally:
-                for sock in brokered:
-                    sock.close()
-        child = ChildProcess(self.name, pid, zygote)
+        output = _output.outputs(self.name)
+        spec = {
+            "name": self.name,
+            "module": module,
+            "qualname": definition.target.__qualname__,
+            "channel": Fd(child_end),
+            "stdout": Fd(output.stdout_w),
+            "stderr": Fd(output.stderr_w),
+            "line_buffered": _output.parent_stdout_is_a_terminal(),
+            "max_message": definition.max_message,
+            "rules": definition.rules_as_data(),
+            "listener": definition.report_violations,
+            "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
+            "isolate": None if definition.isolate is None else definition.isolate.to_data(),
+        }
+        try:
+            pid = zygote.spawn(spec)
+        except BaseException:
+            for sock in (*brokered, parent_end):
+                sock.close()
+            output.retire()
+            raise
+        finally:
+            child_end.close()
+            output.close_write_ends()
+        child = ChildProcess(self.name, pid, zygote, output)
         connection = new_connection(
             parent_end, self.name, definition.max_message, self.violations.on_notification
         )
         connection.explain_failure = child.explain
         self.violations.attach(connection)
         try:
-            connection.call("$start", [], timeout=START_TIMEOUT)
+            send_call(
+                definition, "__init__", args, kwargs,
+                lambda params: connection.call("$start", params, timeout=START_TIMEOUT),
+            )  # fmt: skip
         except BaseException:
             connection.close()
             child.reap(GRACE_PERIOD)
             raise
+        finally:
+            for sock in brokered:
+                sock.close()
         self._child, self._connection = child, connection
         self.generation += 1
 

@@ -1,7 +1,8 @@
-"""Parent-side process management: the zygote, and one handle per compartment process.
+"""Parent-side process management: the zygotes, and one handle per compartment process.
 
-A compartment is the zygote's child, so its exit status comes from the zygote; its
-pidfd (from the parent) tells when it died and lets us kill it without pid-reuse races.
+A compartment is its module zygote's child, so its exit status comes from that zygote;
+its pidfd (from the parent) tells when it died and lets us kill it without pid-reuse
+races. Every zygote and compartment writes to its own pipes, relayed by ``_output``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import _output
 from ._channel import Channel
 from ._connection import Connection
+from ._fd import Fd
+from ._zygote import module_key
 from .errors import CompartmentCrashed, ProtocolError
 
-__all__ = ["ChildProcess", "Zygote", "get_zygote", "scrubbed_environment"]
+__all__ = [
+    "ChildProcess",
+    "ModuleZygote",
+    "Zygote",
+    "get_zygote",
+    "scrubbed_environment",
+    "zygote_for",
+]
 
 #: Environment variables a compartment may see; everything else (tokens, keys) stays out.
 ENV_ALLOWLIST = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR"})
@@ -50,9 +61,10 @@ def _main_path() -> str | None:
 
 
 class Zygote:
-    """The clean pre-imported process every compartment is forked from."""
+    """The base zygote: a clean pre-imported process that forks one zygote per module."""
 
     def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
         parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         config = {
             "path": [p for p in sys.path if isinstance(p, str)],
@@ -60,21 +72,94 @@ class Zygote:
             "parent_pid": os.getpid(),
             "max_message": max_message,
         }
-        with zygote_end:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOT, str(zygote_end.fileno()), json.dumps(config)],
-                pass_fds=[zygote_end.fileno()],
-                env=scrubbed_environment(),
-                stdin=subprocess.DEVNULL,
-                close_fds=True,
-            )
+        self.output = _output.outputs("zygote")
+        try:
+            with zygote_end:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-I", "-c", _BOOT, str(zygote_end.fileno()),
+                     json.dumps(config)],
+                    pass_fds=[zygote_end.fileno()],
+                    env=scrubbed_environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=self.output.stdout_w,
+                    stderr=self.output.stderr_w,
+                    close_fds=True,
+                )  # fmt: skip
+        except BaseException:
+            parent_end.close()
+            self.output.retire()
+            raise
+        self.output.close_write_ends()
         self.connection = Connection(
             Channel(parent_end, name="zygote"), name="zygote", max_message=max_message
         )
+        self._modules: dict[str, ModuleZygote] = {}
+        self._lock = threading.Lock()
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None and self.connection.failure is None
+
+    def for_module(self, module: str) -> ModuleZygote:
+        """The zygote that forks compartments of ``module``, forked on first use."""
+        key = module_key(module)
+        with self._lock:
+            zygote = self._modules.get(key)
+            if zygote is None or not zygote.alive:
+                if zygote is not None:
+                    zygote.close()
+                zygote = self._modules[key] = ModuleZygote(self, key)
+            return zygote
+
+    @property
+    def module_zygotes(self) -> dict[str, ModuleZygote]:
+        return dict(self._modules)
+
+    def close(self) -> None:
+        for zygote in self.module_zygotes.values():
+            zygote.close()
+        self.connection.close()
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.output.retire()
+
+
+class ModuleZygote:
+    """The zygote of one target module: it imported that module and nothing else's."""
+
+    def __init__(self, base: Zygote, module: str) -> None:
+        self.module = module
+        parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.output = _output.outputs(f"zygote {module}")
+        try:
+            with zygote_end:
+                fds = [Fd(zygote_end), Fd(self.output.stdout_w), Fd(self.output.stderr_w)]
+                self.pid = int(
+                    base.connection.call("fork_module", [module, *fds], timeout=START_TIMEOUT)
+                )
+            # Our base's unreaped child until its next request: the pidfd is that process.
+            self._pidfd = os.pidfd_open(self.pid)
+        except BaseException:
+            parent_end.close()
+            self.output.retire()
+            raise
+        self.output.close_write_ends()
+        self.connection = Connection(
+            Channel(parent_end, name=f"zygote {module}"),
+            name=f"zygote {module}",
+            max_message=base.max_message,
+        )
+
+    @property
+    def alive(self) -> bool:
+        if self._pidfd < 0 or self.connection.failure is not None:
+            return False
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     def spawn(self, spec: dict[str, Any]) -> int:
         return int(self.connection.call("spawn", [spec], timeout=START_TIMEOUT))
@@ -84,13 +169,16 @@ class Zygote:
         status = self.connection.call("wait", [pid], timeout=START_TIMEOUT)
         return None if status is None else (int(status[0]), int(status[1]))
 
+    def ping(self) -> int:
+        return int(self.connection.call("ping", [], timeout=START_TIMEOUT))
+
     def close(self) -> None:
+        """Closing the control socket ends it (the base zygote reaps it)."""
         self.connection.close()
-        try:
-            self.process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self.output.retire()
 
 
 _zygote: Zygote | None = None
@@ -101,8 +189,16 @@ def get_zygote(max_message: int) -> Zygote:
     global _zygote
     with _zygote_lock:
         if _zygote is None or not _zygote.alive:
+            if _zygote is not None:
+                with contextlib.suppress(Exception):
+                    _zygote.close()
             _zygote = Zygote(max_message)
         return _zygote
+
+
+def zygote_for(module: str, max_message: int) -> ModuleZygote:
+    """The zygote that forks compartments of ``module``."""
+    return get_zygote(max_message).for_module(module)
 
 
 def describe_exit(code: int, signum: int) -> str:
@@ -118,10 +214,13 @@ def describe_exit(code: int, signum: int) -> str:
 class ChildProcess:
     """One compartment process, from the parent's side."""
 
-    def __init__(self, name: str, pid: int, zygote: Zygote) -> None:
+    def __init__(
+        self, name: str, pid: int, zygote: ModuleZygote, output: _output.Outputs | None = None
+    ) -> None:
         self.name = name
         self.pid = pid
         self._zygote = zygote
+        self._output = output
         self._pidfd = os.pidfd_open(pid)
         self._status: tuple[int, int] | None = None
         self._lock = threading.Lock()
@@ -159,6 +258,9 @@ class ChildProcess:
             if self._pidfd >= 0:
                 os.close(self._pidfd)
                 self._pidfd = -1
+            output, self._output = self._output, None
+        if output is not None:
+            output.retire()  # gone: what it printed is relayed, its pipes closed
         _live_children.discard(self)
         return self._status
 
@@ -207,3 +309,4 @@ def _stop_everything() -> None:
     if _zygote is not None:
         _zygote.close()
         _zygote = None
+    _output.relay().flush(1.0)  # the last lines reach the parent's streams before exit

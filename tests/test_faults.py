@@ -233,13 +233,15 @@ def _children(pid: int) -> list[int]:
 def _census() -> dict[str, Any]:
     zygote = supervisor._zygote
     assert zygote is not None
-    children = _children(zygote.process.pid)
+    module_zygotes = _children(zygote.process.pid)  # compartments are their children
+    children = [child for pid in module_zygotes for child in _children(pid)]
     return {
         "parent fds": len(os.listdir("/proc/self/fd")),
         "parent threads": len(os.listdir("/proc/self/task")),
         "parent children": sorted(_children(os.getpid())),
+        "module zygotes": sorted(module_zygotes),
         "zygote children": len(children),
-        "zombies": sum(_state(child) == "Z" for child in children),
+        "zombies": sum(_state(child) == "Z" for child in [*module_zygotes, *children]),
     }
 
 
