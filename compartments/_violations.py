@@ -8,6 +8,7 @@ filter would give it. Allowed syscalls never reach the listener and pay nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
@@ -27,6 +28,7 @@ from typing import Any
 from . import _seccomp
 from ._rules import SeccompRule
 from ._seccomp import Comparison
+from ._text import printable
 
 __all__ = ["Grant", "Violation", "ViolationLog", "ViolationMonitor", "grants_allowing", "monitor"]
 
@@ -121,22 +123,40 @@ def _dirfd(value: int) -> str:
     )
 
 
-class _Memory:
-    """Reads strings and structs out of the notifying task (root or CAP_SYS_PTRACE)."""
+#: The most one decode reads from a task, and the first address no read may reach
+#: (pread's offset is a signed 64-bit off_t; user space ends far below it).
+_MAX_READ = 4096
+_ADDRESS_END = 1 << 63
 
-    def __init__(self, pid: int) -> None:
+
+class _Memory:
+    """Reads strings and structs out of the notifying task (same uid and dumpable, or root).
+
+    Every address and size comes from the hostile task, so each read is bounded
+    (``_MAX_READ`` bytes, below ``_ADDRESS_END``) and any failure is "unknown" (None),
+    never an exception. ``still_valid`` is asked after ``/proc/<pid>/mem`` is opened:
+    if the task died and its pid was reused, what was opened belongs to someone else.
+    """
+
+    def __init__(self, pid: int, still_valid: Callable[[], bool] | None = None) -> None:
         self.pid = pid
+        self._still_valid = still_valid
 
     def read(self, address: int, size: int) -> bytes | None:
-        if not address:
+        if not (isinstance(address, int) and isinstance(size, int)):
+            return None
+        size = min(size, _MAX_READ)
+        if address <= 0 or size <= 0 or address > _ADDRESS_END - size:
             return None
         try:
             fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        except (OSError, ValueError):
             return None
         try:
+            if self._still_valid is not None and not self._still_valid():
+                return None
             return os.pread(fd, size, address)
-        except OSError:
+        except (OSError, OverflowError, ValueError):
             return None
         finally:
             os.close(fd)
@@ -328,6 +348,12 @@ def describe_violation(compartment: str, pid: int, syscall: str, args: Sequence[
 
 Sink = Callable[[Violation], None]
 
+#: A compartment may cost the monitor this many reports at once, then this many a second.
+#: Each costs the parent ~50 us of CPU (receive, read /proc/<pid>/mem, describe, log);
+#: a flood above the rate has its listener closed (see ``ViolationMonitor``).
+FLOOD_BURST = 256
+FLOOD_RATE = 200.0
+
 
 @dataclass
 class _Listener:
@@ -335,10 +361,40 @@ class _Listener:
     compartment: str
     learn: bool
     sink: Sink
+    tokens: float = FLOOD_BURST
+    refilled: float = field(default_factory=time.monotonic)
+
+    def spend(self) -> bool:
+        """Take one report from this compartment's budget (a token bucket)."""
+        now = time.monotonic()
+        self.tokens = min(float(FLOOD_BURST), self.tokens + (now - self.refilled) * FLOOD_RATE)
+        self.refilled = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class ViolationMonitor:
-    """One thread answering every compartment's listener fd."""
+    """One thread answering every compartment's listener fd; nothing a compartment does
+    may stop it.
+
+    - Each notification is handled on its own: whatever decoding or recording raises,
+      the notification is answered (EPERM), and the next one is served.
+    - If the thread dies anyway (a BaseException), it is restarted: by itself as it
+      unwinds, and by ``register``/``retire``/``ensure_running`` if it is found dead.
+    - A compartment that floods denials (above ``FLOOD_RATE`` a second, after a burst of
+      ``FLOOD_BURST``) stops costing the parent anything: its listener is closed and
+      that is logged once, naming it. The kernel then answers its denied syscalls
+      itself, with **ENOSYS, not EPERM** (kernel/seccomp.c answers a notification
+      without a listener ENOSYS; measured here). The parent cannot make it EPERM: a
+      loaded filter cannot change, and an EPERM filter stacked in the child would
+      always win over the notifying one. ENOSYS is still a denial: the call never runs,
+      and a libc fallback it triggers (clone3 -> clone, openat2 -> openat) goes through
+      the same filter. Those later denials are no longer reported or translated into
+      ``PolicyViolation``. Learn mode is exempt: it lets every call through, and closing
+      its listener would turn the run into ENOSYS failures.
+    """
 
     def __init__(self) -> None:
         self._listeners: dict[int, _Listener] = {}
@@ -346,6 +402,12 @@ class ViolationMonitor:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
+        self._restarts: deque[float] = deque(maxlen=8)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread serving now (for tests and diagnostics)."""
+        return self._thread
 
     def register(
         self, fd: int, compartment: str, sink: Sink, *, learn: bool = False
@@ -354,13 +416,19 @@ class ViolationMonitor:
         listener = _Listener(fd, compartment, learn, sink)
         with self._lock:
             self._listeners[fd] = listener
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="compartments-violations", daemon=True
-                )
-                self._thread.start()
-        os.write(self._wake_w, b"\0")
+        self.ensure_running()
+        self._wake()
         return listener
+
+    def ensure_running(self) -> None:
+        """Start the monitor thread if there is none, or if the last one died."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="compartments-violations", daemon=True
+            )
+            self._thread.start()
 
     def retire(self, listener: _Listener, timeout: float = 2.0) -> None:
         """Close a listener now, from this thread's point of view.
@@ -375,8 +443,13 @@ class ViolationMonitor:
             if self._listeners.get(listener.fd) is not listener:
                 return
             self._retiring[listener.fd] = done
-        os.write(self._wake_w, b"\0")
+        self.ensure_running()
+        self._wake()
         done.wait(timeout)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # already awake: the pipe is full
+            os.write(self._wake_w, b"\0")
 
     def _close_retired(self) -> None:
         with self._lock:
@@ -388,6 +461,24 @@ class ViolationMonitor:
             done.set()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the monitor must outlive anything
+            log.error("the violation monitor stopped (%s); restarting it", type(exc).__name__)
+        finally:
+            self._restart()
+
+    def _restart(self) -> None:
+        now = time.monotonic()
+        self._restarts.append(now)
+        if len(self._restarts) == self._restarts.maxlen and now - self._restarts[0] < 1.0:
+            time.sleep(0.1)  # failing on every pass: do not spin
+        with self._lock:
+            if self._thread is threading.current_thread():
+                self._thread = None
+        self.ensure_running()
+
+    def _serve(self) -> None:
         while True:
             self._close_retired()
             poller = select.poll()
@@ -397,7 +488,8 @@ class ViolationMonitor:
                     poller.register(fd, select.POLLIN)
             for fd, events in poller.poll():
                 if fd == self._wake_r:
-                    os.read(self._wake_r, 4096)
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
                 elif events & select.POLLIN:
                     self._answer(fd)
                 else:
@@ -411,18 +503,45 @@ class ViolationMonitor:
         notification = _seccomp.receive_notification(fd)
         if notification is None:
             return
+        if not listener.learn and not listener.spend():
+            _seccomp.respond(fd, notification.id, error=errno.EPERM)
+            self._silence(listener)
+            return
         try:
-            violation = describe_violation(
-                listener.compartment,
-                notification.pid,
-                _seccomp.syscall_name(notification.syscall),
-                notification.args,
-                _Memory(notification.pid),
-            )
-            listener.sink(violation)
+            self._report(listener, notification)
         finally:
             # Record first, answer second: the caller's reply then always finds it.
             _seccomp.respond(fd, notification.id, error=errno.EPERM, proceed=listener.learn)
+
+    def _report(self, listener: _Listener, notification: _seccomp.Notification) -> None:
+        """Describe and record one notification; an Exception costs only this report."""
+        syscall = _seccomp.syscall_name(notification.syscall)
+        try:
+            memory = _Memory(
+                notification.pid,
+                functools.partial(_seccomp.notification_valid, listener.fd, notification.id),
+            )
+            violation = describe_violation(
+                listener.compartment, notification.pid, syscall, notification.args, memory
+            )
+        except Exception as exc:  # a report is not worth the monitor
+            log.error("decoding a denied %s of compartment `%s` failed (%s)",
+                      syscall, printable(listener.compartment), type(exc).__name__)  # fmt: skip
+            violation = Violation(listener.compartment, notification.pid, syscall,
+                                  notification.args, f"{syscall}(?)", time.time(), "")  # fmt: skip
+        try:
+            listener.sink(violation)
+        except Exception as exc:
+            log.error("recording a denied %s of compartment `%s` failed (%s)",
+                      syscall, printable(listener.compartment), type(exc).__name__)  # fmt: skip
+
+    def _silence(self, listener: _Listener) -> None:
+        log.warning(
+            "compartment `%s` floods denied syscalls (over %d a second): its listener is "
+            "closed, so the kernel now answers them ENOSYS, unreported",
+            printable(listener.compartment), int(FLOOD_RATE),
+        )  # fmt: skip
+        self._forget(listener.fd)
 
     def _forget(self, fd: int) -> None:
         with self._lock:
