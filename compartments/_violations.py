@@ -247,12 +247,34 @@ class Grant:
         return len(self.simple) + len({r.syscall for r in self.conditional})
 
     def allows(self, syscall: str, args: Sequence[int]) -> bool:
+        """Whether this grant lets exactly this call run."""
         if syscall in self.simple:
             return True
         return any(
             rule.syscall == syscall and rule.errno is None and _all_hold(rule, args)
             for rule in self.conditional
         )
+
+    def answers(self, syscall: str, args: Sequence[int]) -> int | None:
+        """The errno this grant answers the call with instead (clone3 -> ENOSYS), if any.
+
+        Such a rule exists so that libc falls back to a call the filter can check
+        (clone, openat): the grant covers the job without ever running this syscall.
+        """
+        for rule in self.conditional:
+            if rule.syscall == syscall and rule.errno is not None and _all_hold(rule, args):
+                return rule.errno
+        return None
+
+    def covers(self, syscall: str, args: Sequence[int]) -> bool:
+        return self.allows(syscall, args) or self.answers(syscall, args) is not None
+
+    def has_conditions_on(self, syscall: str) -> bool:
+        return any(rule.syscall == syscall for rule in self.conditional)
+
+    @property
+    def is_server_grant(self) -> bool:
+        return self.method.startswith("allow_start_") and self.method.endswith("_servers")
 
 
 def _all_hold(rule: SeccompRule, args: Sequence[int]) -> bool:
@@ -297,10 +319,33 @@ def builtin_grants() -> tuple[Grant, ...]:
     return tuple(found)
 
 
+def _narrowness(grant: Grant, syscall: str) -> tuple[bool, bool, bool, int]:
+    """Sort key: conditions on this syscall before none, safe before risky, a client's
+    grant before a server's for a socket, fewer syscalls before more."""
+    socket_call = syscall in ("socket", "socketpair")
+    return (syscall in grant.simple, grant.risky, socket_call and grant.is_server_grant,
+            grant.breadth)  # fmt: skip
+
+
 def grants_allowing(syscall: str, args: Sequence[int]) -> list[Grant]:
-    """Builtin grants that would allow exactly this call, safest and narrowest first."""
-    matching = [g for g in builtin_grants() if g.allows(syscall, args)]
-    return sorted(matching, key=lambda g: (g.risky, g.breadth, g.code))
+    """The narrowest builtin grants that cover exactly this call, by code.
+
+    Covering means allowing it, or answering it with an errno that makes libc fall back
+    to a call the filter can check (``Threads.allow_create()`` answers clone3 ENOSYS).
+    Only grants as narrow as the narrowest are kept: when a grant with conditions on the
+    syscall covers the call, no grant that allows the syscall outright is offered.
+    """
+    matching = [g for g in builtin_grants() if g.covers(syscall, args)]
+    if not matching:
+        return []
+    matching.sort(key=lambda g: (_narrowness(g, syscall), g.code))
+    narrowest = _narrowness(matching[0], syscall)
+    return [g for g in matching if _narrowness(g, syscall) == narrowest]
+
+
+def grants_with_conditions_on(syscall: str) -> list[Grant]:
+    """Builtin grants that allow ``syscall`` only under conditions (or answer it)."""
+    return [g for g in builtin_grants() if g.has_conditions_on(syscall)]
 
 
 _LANDLOCK_HINTS = {"read": "SystemIO.allow_read_path({path!r})",
@@ -317,22 +362,55 @@ def _landlock_hint(syscall: str, args: Sequence[int], path: str | None) -> str |
     return _LANDLOCK_HINTS[kind].format(path=path, parent=parent)
 
 
+def _grant_text(grant: Grant, syscall: str, args: Sequence[int]) -> str:
+    answer = grant.answers(syscall, args)
+    if answer is None:
+        return grant.code
+    name = errno.errorcode.get(answer, str(answer))
+    return (f"{grant.code} (it answers {syscall} with {name}, so libc falls back to a "
+            "call the filter can check)")  # fmt: skip
+
+
 def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, tuple[str, ...]]:
-    grants = grants_allowing(syscall, args)
-    codes = tuple(g.code for g in grants[:3])
+    """What to grant for this denied call: never more than the narrowest builtin covering it,
+    and never the raw syscall when a builtin covers that syscall with conditions."""
+    grants = grants_allowing(syscall, args)[:3]
+    if grants and all(g.is_server_grant for g in grants) and syscall == "socket":
+        return _server_only_socket(grants), ()
+    codes = tuple(g.code for g in grants)
     hint = _landlock_hint(syscall, args, path)
     if codes:
-        text = "allowed by " + " or ".join(codes)
+        text = "allowed by " + " or ".join(_grant_text(g, syscall, args) for g in grants)
         if hint:
             text += f", or only this path with {hint}"
         return text, codes
     if syscall == "socket":
         never = "netlink, packet, AF_ALG and raw sockets are never granted"
         return f"no builtin RuleSet allows this kind of socket ({never}); a custom RuleSet can", ()
+    conditional = grants_with_conditions_on(syscall)
+    if conditional:
+        names = " or ".join(sorted({g.code for g in conditional})[:3])
+        return (
+            f"no builtin RuleSet allows `{syscall}` with these arguments ({names} allow it "
+            "only under conditions this call does not meet); a custom RuleSet with a "
+            "condition on its arguments can",
+            (),
+        )
     return (
         f"no builtin RuleSet allows this call; if the job really needs `{syscall}`, "
         f'enable it by name (rules=[..., "{syscall}"]) or with a custom RuleSet',
         (),
+    )
+
+
+def _server_only_socket(grants: Sequence[Grant]) -> str:
+    """A socket only a server's grant creates: a client's probe is not told to serve."""
+    return (
+        "no builtin client grant creates this kind of socket. A denied client probe is "
+        "harmless (glibc tries socket(AF_UNIX) and connect to nscd while resolving names, "
+        "and carries on without it); a compartment that serves on it needs "
+        + " or ".join(g.code for g in grants)
+        + ", which also allows bind and listen"
     )
 
 
