@@ -179,8 +179,8 @@ def _render(chosen: Sequence[Grant], raw: Sequence[str], denied: Sequence[_Call]
             confirm = ".yes_really()" if grant.risky else ""
             comma = "," if index == len(grants) - 1 else ""
             needed = [c for c in calls if grant.covers(c.syscall, c.args)]
-            call = f"{_identifier(grant.method)}(){confirm}{comma}"
-            lines.append(f"    .{call}  # {_summary(needed)}")
+            method = f"{_identifier(grant.method)}(){confirm}{comma}"
+            lines.append(f"    .{method}  # {_summary(needed)}")
     for syscall in raw:
         needed = [c for c in calls if c.syscall == syscall]
         lines.append(f"    {_identifier(syscall)!r},  # no builtin RuleSet: {_summary(needed)}")
