@@ -583,15 +583,16 @@ class ViolationMonitor:
         notification = _seccomp.receive_notification(fd)
         if notification is None:
             return
-        if not listener.learn and not listener.spend():
-            _seccomp.respond(fd, notification.id, error=errno.EPERM)
-            self._silence(listener)
-            return
-        try:
-            self._report(listener, notification)
+        flooded = False
+        try:  # from here on, whatever happens, the notification is answered
+            flooded = not listener.learn and not listener.spend()
+            if not flooded:
+                self._report(listener, notification)
         finally:
             # Record first, answer second: the caller's reply then always finds it.
             _seccomp.respond(fd, notification.id, error=errno.EPERM, proceed=listener.learn)
+            if flooded:
+                self._silence(listener)
 
     def _report(self, listener: _Listener, notification: _seccomp.Notification) -> None:
         """Describe and record one notification; an Exception costs only this report."""

@@ -171,3 +171,26 @@ def test_a_flood_of_denials_costs_the_parent_bounded_cpu_and_spares_the_others(
     floods = [r for r in caplog.records if "floods denied syscalls" in r.getMessage()]
     assert len(floods) == 1 and "flood_denials" in floods[0].getMessage()
     assert victims >= 1
+
+
+@pytest.mark.timeout(30)
+def test_a_monitor_that_died_without_restarting_itself_is_restarted_by_the_next_compartment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Killed(BaseException):
+        pass
+
+    def die(*args: object, **kwargs: object) -> _violations.Violation:
+        raise Killed()
+
+    monitor = _violations.monitor()
+    with monkeypatch.context() as patch:
+        patch.setattr(_violations, "describe_violation", die)
+        patch.setattr(_violations.ViolationMonitor, "_restart", lambda self: None, raising=False)
+        dead = monitor._thread
+        assert attacks.open_at_pointer(0) == errno.EPERM  # still answered as it died
+        assert dead is not None
+        dead.join(5)
+        assert not dead.is_alive()
+    assert_violations_still_reported(tmp_path)  # registering its listener restarts it
+    assert monitor._thread is not dead and monitor._thread is not None
