@@ -183,12 +183,13 @@ def test_a_monitor_that_died_without_restarting_itself_is_restarted_by_the_next_
     def die(*args: object, **kwargs: object) -> _violations.Violation:
         raise Killed()
 
+    assert_violations_still_reported(tmp_path)  # the monitor runs
     monitor = _violations.monitor()
     with monkeypatch.context() as patch:
         patch.setattr(_violations, "describe_violation", die)
         patch.setattr(_violations.ViolationMonitor, "_restart", lambda self: None, raising=False)
-        dead = monitor._thread
         assert attacks.open_at_pointer(0) == errno.EPERM  # still answered as it died
+        dead = monitor._thread
         assert dead is not None
         dead.join(5)
         assert not dead.is_alive()
