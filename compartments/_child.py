@@ -19,6 +19,7 @@ from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
 from ._isolate import Isolate
+from ._landlock import enter_private_domain
 from ._privileges import drop_capabilities, set_no_new_privs
 from ._rules import ruleset_from_data
 from ._server import Server
@@ -118,13 +119,33 @@ def _with_peers(value: Any, max_message: int) -> Any:
     return PeerProxy(value, max_message) if isinstance(value, PeerRef) else value
 
 
-def _harden(zygote_pid: int) -> None:
-    """Die with the zygote, refuse ptrace/core dumps, never regain privileges."""
+def _harden(zygote_pid: int, *, isolated: bool = False) -> None:
+    """Die with the zygote, never regain privileges, leave no core file, and be out of
+    every process's ptrace reach but the parent's (and root's).
+
+    A compartment stays dumpable, so that a parent of the same uid can read its memory
+    for violation reports (the path of a denied open, a connect address), because it is
+    put into a Landlock domain of its own first: a process in a domain may ptrace, read
+    ``/proc/<pid>/mem`` of, or ``process_vm_readv`` only processes in its own or a
+    nested domain, so siblings and the zygote are out of reach. RLIMIT_CORE is 0 (hard),
+    so no core file ever holds its memory. Where no such domain is possible (no Landlock,
+    or an Isolate on Landlock ABI < 6, whose mounts a filesystem domain would forbid) it
+    is made non-dumpable instead, and a parent without CAP_SYS_PTRACE then reports
+    paths as ``?``. Either way, other processes of the same uid outside Landlock (the
+    user's own programs) could ptrace a dumpable compartment, as they can the parent.
+    """
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != zygote_pid:
         os._exit(1)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     set_no_new_privs()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:  # single-threaded here, before any setup code: the domain binds the whole child
+        private = enter_private_domain(mounts_needed=isolated)
+    except LandlockError:
+        private = False
+    if private:
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < CHANNEL_FD_LIMIT:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
@@ -274,7 +295,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
     """The whole life of a compartment process. Never returns."""
     code = 0
     try:
-        _harden(zygote_pid)
+        _harden(zygote_pid, isolated=spec.get("isolate") is not None)
         _own_stdio(spec)
         primary = channel_from_fd(spec["channel"], "parent")
         keep = {0, 1, 2, primary.fileno()}

@@ -3,16 +3,34 @@
 The cover is built from the real builtin RuleSets (the same catalogue violation reports
 use), checked by enabling it in a SafetyContext, and printed as Python with a comment
 on each line saying which calls needed it.
+
+The code users are told to paste is built from a structure, never from pasted text:
+ruleset and method names come from the builtin catalogue and are checked to be
+identifiers, raw syscall names are ``repr()``-ed, and every comment that quotes the
+child's calls (paths included) goes through ``printable``, so it stays one comment line.
+The result is parsed back and must be exactly one import and one ``rules = [...]``.
+
+A call no chosen grant covers becomes a raw syscall name only when no builtin has a
+condition on that syscall: ``"clone3"`` or ``"socket"`` by name would allow every
+form of them, so such calls are listed in a comment as left denied instead.
 """
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._violations import Grant, Violation, builtin_grants
+from ._text import printable
+from ._violations import (
+    Grant,
+    Violation,
+    builtin_grants,
+    grants_allowing,
+    grants_with_conditions_on,
+)
 from .errors import RuleConflictError
 
 __all__ = ["LearnedPolicy", "learn_policy"]
@@ -46,8 +64,10 @@ def learn_policy(observed: Iterable[Violation]) -> LearnedPolicy:
     calls = _unique_calls(observed)
     chosen = _cover(calls)
     chosen = _without_conflicts(chosen, calls)
-    raw = sorted({c.syscall for c in calls if not any(g.allows(c.syscall, c.args) for g in chosen)})
-    code = _render(chosen, raw, calls)
+    uncovered = [c for c in calls if not any(g.covers(c.syscall, c.args) for g in chosen)]
+    raw = sorted({c.syscall for c in uncovered if not grants_with_conditions_on(c.syscall)})
+    denied = [c for c in uncovered if c.syscall not in raw]
+    code = _render(chosen, raw, denied, calls)
     return LearnedPolicy(tuple(_rulesets(chosen, raw)), code, tuple(c.decoded for c in calls))
 
 
@@ -59,13 +79,16 @@ def _unique_calls(observed: Iterable[Violation]) -> list[_Call]:
 
 
 def _cover(calls: Sequence[_Call]) -> list[Grant]:
-    """Greedy set cover: most calls covered first, then safest, then narrowest."""
-    remaining = list(calls)
+    """Greedy set cover over each call's narrowest grants (as violation reports advise):
+    most calls covered first, then safest, then narrowest. A broader grant is chosen
+    only for a call nothing narrower covers."""
+    narrowest = {c: {g.code for g in grants_allowing(c.syscall, c.args)} for c in calls}
+    remaining = [c for c in calls if narrowest[c]]
     chosen: list[Grant] = []
     while remaining:
         best, covered = None, []
         for grant in builtin_grants():
-            hits = [c for c in remaining if grant.allows(c.syscall, c.args)]
+            hits = [c for c in remaining if grant.code in narrowest[c]]
             if not hits:
                 continue
             key = (len(hits), not grant.risky, -grant.breadth)
@@ -74,7 +97,7 @@ def _cover(calls: Sequence[_Call]) -> list[Grant]:
         if best is None:
             break
         chosen.append(best)
-        remaining = [c for c in remaining if c not in covered]
+        remaining = [c for c in remaining if not best.covers(c.syscall, c.args)]
     return chosen
 
 
@@ -101,8 +124,8 @@ def _drop_conditional_side(
     conditional = [g for g in chosen if any(r.syscall == syscall for r in g.conditional)]
     for grant in conditional:
         others = [g for g in chosen if g is not grant]
-        needed = [c for c in calls if grant.allows(c.syscall, c.args)]
-        if all(any(o.allows(c.syscall, c.args) for o in others) for c in needed):
+        needed = [c for c in calls if grant.covers(c.syscall, c.args)]
+        if all(any(o.covers(c.syscall, c.args) for o in others) for c in needed):
             return others
     # Nothing covers it otherwise: widen to the unconditional grant of that syscall.
     return [g for g in chosen if g not in conditional] + _simple_grants_for(syscall)
@@ -131,31 +154,62 @@ def _merge(current: Any, grant: Grant) -> Any:
     )
 
 
-def _render(chosen: Sequence[Grant], raw: Sequence[str], calls: Sequence[_Call]) -> str:
-    lines = ["from compartments.rulesets import " + ", ".join(
-        sorted({g.ruleset for g in chosen}) or ["SystemIO"])]  # fmt: skip
+def _identifier(name: str) -> str:
+    if not name.isidentifier():
+        raise ValueError(f"learn mode: {printable(name)!r} is not an identifier")
+    return name
+
+
+def _render(chosen: Sequence[Grant], raw: Sequence[str], denied: Sequence[_Call],
+            calls: Sequence[_Call]) -> str:  # fmt: skip
+    """The policy as code, from the grants' names and repr()-ed values; child data only
+    ever appears in comments, each escaped onto its one line."""
+    imported = sorted({_identifier(g.ruleset) for g in chosen}) or ["SystemIO"]
+    lines = ["from compartments.rulesets import " + ", ".join(imported)]
     lines += ["", "# Suggested by compartments learn mode from one real run: review it."]
+    for call in denied:
+        lines.append(f"# Left denied (no builtin allows it): {_comment(call.decoded)}")
     lines.append("rules = [")
     groups: dict[str, list[Grant]] = {}
     for grant in chosen:
         groups.setdefault(grant.ruleset, []).append(grant)
     for ruleset, grants in groups.items():
-        lines.append(f"    {ruleset}.nothing()")
-        for grant in grants:
-            call = grant.code.split(".", 1)[1]
-            needed = [c for c in calls if grant.allows(c.syscall, c.args)]
-            lines.append(f"    .{call}  # {_summary(needed)}")
-        lines[-1] = lines[-1].replace("  #", ",  #", 1)
+        lines.append(f"    {_identifier(ruleset)}.nothing()")
+        for index, grant in enumerate(grants):
+            confirm = ".yes_really()" if grant.risky else ""
+            comma = "," if index == len(grants) - 1 else ""
+            needed = [c for c in calls if grant.covers(c.syscall, c.args)]
+            method = f"{_identifier(grant.method)}(){confirm}{comma}"
+            lines.append(f"    .{method}  # {_summary(needed)}")
     for syscall in raw:
         needed = [c for c in calls if c.syscall == syscall]
-        lines.append(f'    "{syscall}",  # no builtin RuleSet: {_summary(needed)}')
+        lines.append(f"    {_identifier(syscall)!r},  # no builtin RuleSet: {_summary(needed)}")
     lines.append("]")
-    return "\n".join(lines)
+    code = "\n".join(lines)
+    _check_shape(code)
+    return code
+
+
+def _check_shape(code: str) -> None:
+    """The generated module must be exactly the import and the one assignment."""
+    body = ast.parse(code).body
+    if not (
+        len(body) == 2
+        and isinstance(body[0], ast.ImportFrom)
+        and isinstance(body[1], ast.Assign)
+        and [ast.unparse(t) for t in body[1].targets] == ["rules"]
+        and isinstance(body[1].value, ast.List)
+    ):
+        raise AssertionError("learn mode generated code of an unexpected shape")
+
+
+def _comment(text: str) -> str:
+    return printable(text, limit=200)
 
 
 def _summary(calls: Sequence[_Call], limit: int = 2, width: int = 60) -> str:
     counts = Counter(c.syscall for c in calls)
-    examples = [_shorten(c.decoded, width) for c in calls[:limit]]
+    examples = [_shorten(printable(c.decoded), width) for c in calls[:limit]]
     more = f" (+{len(calls) - limit} more)" if len(calls) > limit else ""
     names = ", ".join(f"{n} x{k}" if k > 1 else n for n, k in counts.items())
     return f"{names}: {'; '.join(examples)}{more}"

@@ -171,15 +171,29 @@ def receive_notification(listener: int) -> Notification | None:
     return Notification(int(raw.id), int(raw.pid), int(raw.data.nr), tuple(raw.data.args))
 
 
-def respond(listener: int, notification_id: int, *, error: int = 0, proceed: bool = False) -> None:
-    """Answer a notification: fail it with ``error``, or let the kernel run it."""
+def respond(listener: int, notification_id: int, *, error: int = 0, proceed: bool = False) -> bool:
+    """Answer a notification: fail it with ``error``, or let the kernel run it.
+
+    Never raises: the task may have died (ENOENT) or been killed meanwhile, and the
+    monitor answers the next notification either way. False when the kernel refused.
+    """
     records = _notify_records()
     reply = records.response.contents
     reply.id = notification_id
     reply.val = 0
     reply.error = 0 if proceed else -error
     reply.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if proceed else 0
-    pyseccomp._libseccomp.seccomp_notify_respond(listener, records.response)
+    return int(pyseccomp._libseccomp.seccomp_notify_respond(listener, records.response)) == 0
+
+
+def notification_valid(listener: int, notification_id: int) -> bool:
+    """Whether the notifying task is still waiting on this notification.
+
+    Checked after opening ``/proc/<pid>/mem``: if the task died and its pid was reused,
+    the id is no longer valid, and what was opened is another process's memory.
+    """
+    lib = pyseccomp._libseccomp
+    return int(lib.seccomp_notify_id_valid(listener, ctypes.c_uint64(notification_id))) == 0
 
 
 def notify_fd(flt: pyseccomp.SyscallFilter) -> int:

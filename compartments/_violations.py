@@ -8,6 +8,7 @@ filter would give it. Allowed syscalls never reach the listener and pay nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
@@ -27,6 +28,7 @@ from typing import Any
 from . import _seccomp
 from ._rules import SeccompRule
 from ._seccomp import Comparison
+from ._text import printable
 
 __all__ = ["Grant", "Violation", "ViolationLog", "ViolationMonitor", "grants_allowing", "monitor"]
 
@@ -121,22 +123,40 @@ def _dirfd(value: int) -> str:
     )
 
 
-class _Memory:
-    """Reads strings and structs out of the notifying task (root or CAP_SYS_PTRACE)."""
+#: The most one decode reads from a task, and the first address no read may reach
+#: (pread's offset is a signed 64-bit off_t; user space ends far below it).
+_MAX_READ = 4096
+_ADDRESS_END = 1 << 63
 
-    def __init__(self, pid: int) -> None:
+
+class _Memory:
+    """Reads strings and structs out of the notifying task (same uid and dumpable, or root).
+
+    Every address and size comes from the hostile task, so each read is bounded
+    (``_MAX_READ`` bytes, below ``_ADDRESS_END``) and any failure is "unknown" (None),
+    never an exception. ``still_valid`` is asked after ``/proc/<pid>/mem`` is opened:
+    if the task died and its pid was reused, what was opened belongs to someone else.
+    """
+
+    def __init__(self, pid: int, still_valid: Callable[[], bool] | None = None) -> None:
         self.pid = pid
+        self._still_valid = still_valid
 
     def read(self, address: int, size: int) -> bytes | None:
-        if not address:
+        if not (isinstance(address, int) and isinstance(size, int)):
+            return None
+        size = min(size, _MAX_READ)
+        if address <= 0 or size <= 0 or address > _ADDRESS_END - size:
             return None
         try:
             fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        except (OSError, ValueError):
             return None
         try:
+            if self._still_valid is not None and not self._still_valid():
+                return None
             return os.pread(fd, size, address)
-        except OSError:
+        except (OSError, OverflowError, ValueError):
             return None
         finally:
             os.close(fd)
@@ -227,12 +247,34 @@ class Grant:
         return len(self.simple) + len({r.syscall for r in self.conditional})
 
     def allows(self, syscall: str, args: Sequence[int]) -> bool:
+        """Whether this grant lets exactly this call run."""
         if syscall in self.simple:
             return True
         return any(
             rule.syscall == syscall and rule.errno is None and _all_hold(rule, args)
             for rule in self.conditional
         )
+
+    def answers(self, syscall: str, args: Sequence[int]) -> int | None:
+        """The errno this grant answers the call with instead (clone3 -> ENOSYS), if any.
+
+        Such a rule exists so that libc falls back to a call the filter can check
+        (clone, openat): the grant covers the job without ever running this syscall.
+        """
+        for rule in self.conditional:
+            if rule.syscall == syscall and rule.errno is not None and _all_hold(rule, args):
+                return rule.errno
+        return None
+
+    def covers(self, syscall: str, args: Sequence[int]) -> bool:
+        return self.allows(syscall, args) or self.answers(syscall, args) is not None
+
+    def has_conditions_on(self, syscall: str) -> bool:
+        return any(rule.syscall == syscall for rule in self.conditional)
+
+    @property
+    def is_server_grant(self) -> bool:
+        return self.method.startswith("allow_start_") and self.method.endswith("_servers")
 
 
 def _all_hold(rule: SeccompRule, args: Sequence[int]) -> bool:
@@ -277,10 +319,33 @@ def builtin_grants() -> tuple[Grant, ...]:
     return tuple(found)
 
 
+def _narrowness(grant: Grant, syscall: str) -> tuple[bool, bool, bool, int]:
+    """Sort key: conditions on this syscall before none, safe before risky, a client's
+    grant before a server's for a socket, fewer syscalls before more."""
+    socket_call = syscall in ("socket", "socketpair")
+    return (syscall in grant.simple, grant.risky, socket_call and grant.is_server_grant,
+            grant.breadth)  # fmt: skip
+
+
 def grants_allowing(syscall: str, args: Sequence[int]) -> list[Grant]:
-    """Builtin grants that would allow exactly this call, safest and narrowest first."""
-    matching = [g for g in builtin_grants() if g.allows(syscall, args)]
-    return sorted(matching, key=lambda g: (g.risky, g.breadth, g.code))
+    """The narrowest builtin grants that cover exactly this call, by code.
+
+    Covering means allowing it, or answering it with an errno that makes libc fall back
+    to a call the filter can check (``Threads.allow_create()`` answers clone3 ENOSYS).
+    Only grants as narrow as the narrowest are kept: when a grant with conditions on the
+    syscall covers the call, no grant that allows the syscall outright is offered.
+    """
+    matching = [g for g in builtin_grants() if g.covers(syscall, args)]
+    if not matching:
+        return []
+    matching.sort(key=lambda g: (_narrowness(g, syscall), g.code))
+    narrowest = _narrowness(matching[0], syscall)
+    return [g for g in matching if _narrowness(g, syscall) == narrowest]
+
+
+def grants_with_conditions_on(syscall: str) -> list[Grant]:
+    """Builtin grants that allow ``syscall`` only under conditions (or answer it)."""
+    return [g for g in builtin_grants() if g.has_conditions_on(syscall)]
 
 
 _LANDLOCK_HINTS = {"read": "SystemIO.allow_read_path({path!r})",
@@ -297,22 +362,55 @@ def _landlock_hint(syscall: str, args: Sequence[int], path: str | None) -> str |
     return _LANDLOCK_HINTS[kind].format(path=path, parent=parent)
 
 
+def _grant_text(grant: Grant, syscall: str, args: Sequence[int]) -> str:
+    answer = grant.answers(syscall, args)
+    if answer is None:
+        return grant.code
+    name = errno.errorcode.get(answer, str(answer))
+    return (f"{grant.code} (it answers {syscall} with {name}, so libc falls back to a "
+            "call the filter can check)")  # fmt: skip
+
+
 def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, tuple[str, ...]]:
-    grants = grants_allowing(syscall, args)
-    codes = tuple(g.code for g in grants[:3])
+    """What to grant for this denied call: never more than the narrowest builtin covering it,
+    and never the raw syscall when a builtin covers that syscall with conditions."""
+    grants = grants_allowing(syscall, args)[:3]
+    if grants and all(g.is_server_grant for g in grants) and syscall == "socket":
+        return _server_only_socket(grants), ()
+    codes = tuple(g.code for g in grants)
     hint = _landlock_hint(syscall, args, path)
     if codes:
-        text = "allowed by " + " or ".join(codes)
+        text = "allowed by " + " or ".join(_grant_text(g, syscall, args) for g in grants)
         if hint:
             text += f", or only this path with {hint}"
         return text, codes
     if syscall == "socket":
         never = "netlink, packet, AF_ALG and raw sockets are never granted"
         return f"no builtin RuleSet allows this kind of socket ({never}); a custom RuleSet can", ()
+    conditional = grants_with_conditions_on(syscall)
+    if conditional:
+        names = " or ".join(sorted({g.code for g in conditional})[:3])
+        return (
+            f"no builtin RuleSet allows `{syscall}` with these arguments ({names} allow it "
+            "only under conditions this call does not meet); a custom RuleSet with a "
+            "condition on its arguments can",
+            (),
+        )
     return (
         f"no builtin RuleSet allows this call; if the job really needs `{syscall}`, "
         f'enable it by name (rules=[..., "{syscall}"]) or with a custom RuleSet',
         (),
+    )
+
+
+def _server_only_socket(grants: Sequence[Grant]) -> str:
+    """A socket only a server's grant creates: a client's probe is not told to serve."""
+    return (
+        "no builtin client grant creates this kind of socket. A denied client probe is "
+        "harmless (glibc tries socket(AF_UNIX) and connect to nscd while resolving names, "
+        "and carries on without it); a compartment that serves on it needs "
+        + " or ".join(g.code for g in grants)
+        + ", which also allows bind and listen"
     )
 
 
@@ -328,6 +426,14 @@ def describe_violation(compartment: str, pid: int, syscall: str, args: Sequence[
 
 Sink = Callable[[Violation], None]
 
+#: A compartment may cost the monitor this many reports at once, then this many a second.
+#: Each report costs the parent 50-250 us of CPU (measured here: ~200 us with logging,
+#: ~40 us merely receiving and answering), so no cheaper way of answering bounds a flood:
+#: above the rate the listener is closed, and the parent pays nothing more (see
+#: ``ViolationMonitor``). The burst leaves room for legitimate bursts of harmless denials.
+FLOOD_BURST = 2048
+FLOOD_RATE = 100.0
+
 
 @dataclass
 class _Listener:
@@ -335,10 +441,40 @@ class _Listener:
     compartment: str
     learn: bool
     sink: Sink
+    tokens: float = field(default_factory=lambda: float(FLOOD_BURST))
+    refilled: float = field(default_factory=time.monotonic)
+
+    def spend(self) -> bool:
+        """Take one report from this compartment's budget (a token bucket)."""
+        now = time.monotonic()
+        self.tokens = min(float(FLOOD_BURST), self.tokens + (now - self.refilled) * FLOOD_RATE)
+        self.refilled = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class ViolationMonitor:
-    """One thread answering every compartment's listener fd."""
+    """One thread answering every compartment's listener fd; nothing a compartment does
+    may stop it.
+
+    - Each notification is handled on its own: whatever decoding or recording raises,
+      the notification is answered (EPERM), and the next one is served.
+    - If the thread dies anyway (a BaseException), it is restarted: by itself as it
+      unwinds, and by ``register``/``retire``/``ensure_running`` if it is found dead.
+    - A compartment that floods denials (above ``FLOOD_RATE`` a second, after a burst of
+      ``FLOOD_BURST``) stops costing the parent anything: its listener is closed and
+      that is logged once, naming it. The kernel then answers its denied syscalls
+      itself, with **ENOSYS, not EPERM** (kernel/seccomp.c answers a notification
+      without a listener ENOSYS; measured here). The parent cannot make it EPERM: a
+      loaded filter cannot change, and an EPERM filter stacked in the child would
+      always win over the notifying one. ENOSYS is still a denial: the call never runs,
+      and a libc fallback it triggers (clone3 -> clone, openat2 -> openat) goes through
+      the same filter. Those later denials are no longer reported or translated into
+      ``PolicyViolation``. Learn mode is exempt: it lets every call through, and closing
+      its listener would turn the run into ENOSYS failures.
+    """
 
     def __init__(self) -> None:
         self._listeners: dict[int, _Listener] = {}
@@ -346,6 +482,12 @@ class ViolationMonitor:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
+        self._restarts: deque[float] = deque(maxlen=8)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread serving now (for tests and diagnostics)."""
+        return self._thread
 
     def register(
         self, fd: int, compartment: str, sink: Sink, *, learn: bool = False
@@ -354,13 +496,19 @@ class ViolationMonitor:
         listener = _Listener(fd, compartment, learn, sink)
         with self._lock:
             self._listeners[fd] = listener
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="compartments-violations", daemon=True
-                )
-                self._thread.start()
-        os.write(self._wake_w, b"\0")
+        self.ensure_running()
+        self._wake()
         return listener
+
+    def ensure_running(self) -> None:
+        """Start the monitor thread if there is none, or if the last one died."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="compartments-violations", daemon=True
+            )
+            self._thread.start()
 
     def retire(self, listener: _Listener, timeout: float = 2.0) -> None:
         """Close a listener now, from this thread's point of view.
@@ -375,8 +523,13 @@ class ViolationMonitor:
             if self._listeners.get(listener.fd) is not listener:
                 return
             self._retiring[listener.fd] = done
-        os.write(self._wake_w, b"\0")
+        self.ensure_running()
+        self._wake()
         done.wait(timeout)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # already awake: the pipe is full
+            os.write(self._wake_w, b"\0")
 
     def _close_retired(self) -> None:
         with self._lock:
@@ -388,6 +541,24 @@ class ViolationMonitor:
             done.set()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the monitor must outlive anything
+            log.error("the violation monitor stopped (%s); restarting it", type(exc).__name__)
+        finally:
+            self._restart()
+
+    def _restart(self) -> None:
+        now = time.monotonic()
+        self._restarts.append(now)
+        if len(self._restarts) == self._restarts.maxlen and now - self._restarts[0] < 1.0:
+            time.sleep(0.1)  # failing on every pass: do not spin
+        with self._lock:
+            if self._thread is threading.current_thread():
+                self._thread = None
+        self.ensure_running()
+
+    def _serve(self) -> None:
         while True:
             self._close_retired()
             poller = select.poll()
@@ -397,7 +568,8 @@ class ViolationMonitor:
                     poller.register(fd, select.POLLIN)
             for fd, events in poller.poll():
                 if fd == self._wake_r:
-                    os.read(self._wake_r, 4096)
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
                 elif events & select.POLLIN:
                     self._answer(fd)
                 else:
@@ -411,18 +583,46 @@ class ViolationMonitor:
         notification = _seccomp.receive_notification(fd)
         if notification is None:
             return
-        try:
-            violation = describe_violation(
-                listener.compartment,
-                notification.pid,
-                _seccomp.syscall_name(notification.syscall),
-                notification.args,
-                _Memory(notification.pid),
-            )
-            listener.sink(violation)
+        flooded = False
+        try:  # from here on, whatever happens, the notification is answered
+            flooded = not listener.learn and not listener.spend()
+            if not flooded:
+                self._report(listener, notification)
         finally:
             # Record first, answer second: the caller's reply then always finds it.
             _seccomp.respond(fd, notification.id, error=errno.EPERM, proceed=listener.learn)
+            if flooded:
+                self._silence(listener)
+
+    def _report(self, listener: _Listener, notification: _seccomp.Notification) -> None:
+        """Describe and record one notification; an Exception costs only this report."""
+        syscall = _seccomp.syscall_name(notification.syscall)
+        try:
+            memory = _Memory(
+                notification.pid,
+                functools.partial(_seccomp.notification_valid, listener.fd, notification.id),
+            )
+            violation = describe_violation(
+                listener.compartment, notification.pid, syscall, notification.args, memory
+            )
+        except Exception as exc:  # a report is not worth the monitor
+            log.error("decoding a denied %s of compartment `%s` failed (%s)",
+                      syscall, printable(listener.compartment), type(exc).__name__)  # fmt: skip
+            violation = Violation(listener.compartment, notification.pid, syscall,
+                                  notification.args, f"{syscall}(?)", time.time(), "")  # fmt: skip
+        try:
+            listener.sink(violation)
+        except Exception as exc:
+            log.error("recording a denied %s of compartment `%s` failed (%s)",
+                      syscall, printable(listener.compartment), type(exc).__name__)  # fmt: skip
+
+    def _silence(self, listener: _Listener) -> None:
+        log.warning(
+            "compartment `%s` floods denied syscalls (over %d a second): its listener is "
+            "closed, so the kernel now answers them ENOSYS, unreported",
+            printable(listener.compartment), int(FLOOD_RATE),
+        )  # fmt: skip
+        self._forget(listener.fd)
 
     def _forget(self, fd: int) -> None:
         with self._lock:
