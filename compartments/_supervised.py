@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from . import _largebytes, _wire
+from ._channel import stream_socketpair
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._rules import ruleset_to_data
@@ -174,6 +175,7 @@ class Supervised:
                 "args": args,
                 "kwargs": kwargs,
                 "max_message": definition.max_message,
+                "timeout": definition.timeout,
                 "rules": definition.rules_as_data(),
                 "listener": definition.report_violations,
                 "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
@@ -309,7 +311,7 @@ def _broker_peers(
         if not isinstance(value, Remote):
             return value
         target = value._supervised_instance()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = stream_socketpair()  # urgent data inline: they cannot set it
         brokered.append(ours)
         with theirs:
             target.connection().call("$attach", [Fd(theirs), receiver], timeout=START_TIMEOUT)
