@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from compartments import Fd, compartment
-from compartments._wire import _MEMFD, EXT_MEMFD, EXT_PEER, _FD_INDEX, encode_request
+from compartments._wire import _FD_INDEX, _MEMFD, EXT_MEMFD, EXT_PEER, encode_request
 from compartments.rulesets import SystemIO, Threads
 
 SLEEP = Threads.nothing().allow_sleep().yes_really()
@@ -54,8 +54,9 @@ def open_lines() -> list[int]:
 
 
 def send_with_fds(fd: int, frame: bytes, fds: list[int]) -> None:
+    rights = struct.pack(f"{len(fds)}i", *fds)
     with raw_line(fd) as line:
-        line.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+        line.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
 
 
 def memfd_frame(announced: int, as_request: bool) -> bytes:
