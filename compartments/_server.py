@@ -104,6 +104,9 @@ class Server:
                     first_deadline = outbox.deadline
         wait = None if first_deadline is None else max(first_deadline - time.monotonic(), 0.0)
         ready = [(by_fd[fd], events) for fd, events in poller.poll(_milliseconds(wait))]
+        # Peers first: a line that hung up gives its slot back before the parent's next
+        # request (often a new line: `$attach`) needs one.
+        ready.sort(key=lambda item: item[0] is self.primary)
         if first_deadline is not None:
             now = time.monotonic()
             seen = {channel for channel, _ in ready}

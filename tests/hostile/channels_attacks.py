@@ -120,12 +120,18 @@ class Lingerer:
     def give(self) -> Fd:
         return Fd._adopt(self.client.detach())  # our copy is closed once sent
 
+    def sync(self) -> None:
+        """Answered only once the last answer's result, and so our copy, is gone."""
+
     def smuggle(self) -> None:
         """The socket rides with a frame that does not reference it: a ProtocolError,
-        and the decoder closes what it was sent."""
+        and the decoder closes what it was sent. Our copy is closed before the frame is
+        complete, so the parent's is the last."""
         frame = bytes(msgpack.packb([2, "note", []], use_bin_type=True))
-        send_with_fds(PARENT_LINE, frame, [self.client.fileno()])
+        send_with_fds(PARENT_LINE, frame[:1], [self.client.fileno()])
         self.client.close()
+        with raw_line(PARENT_LINE) as line:
+            line.send(frame[1:])
         hang()
 
 
