@@ -39,9 +39,13 @@ def close_received(fd: int) -> None:
     One ``setsockopt`` (ENOTSOCK for anything but a socket, ignored) right before the
     ``close``: the sender may hold the same socket and set ``SO_LINGER`` again at any time.
     """
+    _stop_lingering(fd)
+    os.close(fd)
+
+
+def _stop_lingering(fd: int) -> None:
     if _unlinger:
         _libc.setsockopt(fd, _SOL_SOCKET, _SO_LINGER, _NO_LINGER, len(_NO_LINGER))
-    os.close(fd)
 
 
 class _HasFileno(Protocol):
@@ -93,8 +97,15 @@ class Fd:
         return self._fd
 
     def detach(self) -> int:
-        """Hand the descriptor over to the caller, who must close it."""
+        """Hand the descriptor over to the caller, who must close it.
+
+        A received socket is handed over with lingering off, as the sender may have
+        turned it on; a sender that can still set it again (one allowed setsockopt) can
+        make the new owner's close linger, so close such sockets through ``Fd``.
+        """
         fd = self.fileno()
+        if self._owned:
+            _stop_lingering(fd)
         self._fd, self._owned, self._keepalive = -1, False, None
         return fd
 
