@@ -8,8 +8,9 @@ The parent always reads its replies, so answers to it are sent blocking. A peer 
 compartment on a direct line) may never read, so an answer to a peer is sent without
 blocking: what does not fit waits in that line's outbox, the line's next requests wait
 unread until it has drained (flow control), and a line whose outbox has not drained
-within its deadline is dropped. One peer can then never park the server, and the parent
-and the other peers keep being served.
+within its deadline is dropped. A peer also gets at most :data:`PEER_TURN` answers in a
+row before the others (the parent last) get theirs. One peer can then never park the
+server, and the parent and the other peers keep being served.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from ._decoder import FrameDecoder
 from ._wire import Request
 from .errors import ProtocolError
 
-__all__ = ["PEER_DRAIN_TIMEOUT", "Server"]
+__all__ = ["PEER_DRAIN_TIMEOUT", "PEER_TURN", "Server"]
 
 # (method, params, channel it came on) -> result
 Handler = Callable[[str, list[Any], Channel], Any]
 
 #: How long a peer may leave an answer unread before its line is dropped, by default.
 PEER_DRAIN_TIMEOUT = 30.0
+#: Requests answered on one peer line before the other lines get a turn.
+PEER_TURN = 16
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 
 
@@ -59,6 +62,7 @@ class Server:
         }
         self._drain_timeouts: dict[Channel, float] = {}
         self._outboxes: dict[Channel, _Outbox] = {}
+        self._backlog: set[Channel] = set()  # peer lines that used up their turn
 
     def add_channel(
         self, channel: Channel, name: str, *, drain_timeout: float = PEER_DRAIN_TIMEOUT
@@ -81,18 +85,25 @@ class Server:
                 if channel in self._outboxes:
                     if not self._flush(channel):
                         self._drop(channel)
+                elif channel in self._backlog:
+                    if not self._serve_backlog(channel):
+                        self._drop(channel)
                 elif events and not self._serve_one_read(channel, nonblocking=True):
                     if channel is primary:
                         return
                     self._drop(channel)
 
     def _wait_for_any(self) -> list[tuple[Channel, int]]:
-        """Lines ready to read, lines with an outbox that has room, and (with no events)
-        lines whose outbox missed its deadline."""
+        """Lines ready to read and lines with an outbox that has room; with no events,
+        lines whose outbox missed its deadline and lines with requests still to answer.
+        Peers come first: one that hung up frees its slot before the parent's next
+        request (often a new line: `$attach`) needs one."""
         poller = select.poll()
         by_fd: dict[int, Channel] = {}
         first_deadline: float | None = None
         for channel in self._decoders:
+            if channel in self._backlog:
+                continue  # read no more of it until what it sent is answered
             fd = channel.fileno()
             by_fd[fd] = channel
             outbox = self._outboxes.get(channel)
@@ -103,10 +114,10 @@ class Server:
                 if first_deadline is None or outbox.deadline < first_deadline:
                     first_deadline = outbox.deadline
         wait = None if first_deadline is None else max(first_deadline - time.monotonic(), 0.0)
+        if self._backlog:
+            wait = 0.0
         ready = [(by_fd[fd], events) for fd, events in poller.poll(_milliseconds(wait))]
-        # Peers first: a line that hung up gives its slot back before the parent's next
-        # request (often a new line: `$attach`) needs one.
-        ready.sort(key=lambda item: item[0] is self.primary)
+        ready += [(channel, 0) for channel in self._backlog]
         if first_deadline is not None:
             now = time.monotonic()
             seen = {channel for channel, _ in ready}
@@ -115,6 +126,7 @@ class Server:
                 for channel, outbox in self._outboxes.items()
                 if outbox.deadline <= now and channel not in seen
             ]
+        ready.sort(key=lambda item: item[0] is self.primary)
         return ready
 
     def _serve_one_read(self, channel: Channel, *, nonblocking: bool) -> bool:
@@ -129,11 +141,29 @@ class Server:
 
     def _serve_decoded(self, channel: Channel, decoder: FrameDecoder) -> None:
         """Answer the requests decoded so far, in order, until an answer cannot go out
-        whole: the rest wait in the decoder until the line's outbox drains."""
+        whole (the rest wait in the decoder until the line's outbox drains) or, on a
+        peer line, until the line has had its turn (the rest wait for the next one)."""
+        if channel is self.primary:
+            while (message := decoder.next_message()) is not None:
+                if type(message) is Request:
+                    self._answer(channel, message)
+            return
         outboxes = self._outboxes
-        while channel not in outboxes and (message := decoder.next_message()) is not None:
+        for _ in range(PEER_TURN):
+            if channel in outboxes or (message := decoder.next_message()) is None:
+                return
             if type(message) is Request:
                 self._answer(channel, message)
+        if channel not in outboxes:
+            self._backlog.add(channel)
+
+    def _serve_backlog(self, channel: Channel) -> bool:
+        self._backlog.discard(channel)
+        try:
+            self._serve_decoded(channel, self._decoders[channel])
+        except (ProtocolError, ConnectionError):
+            return False
+        return True
 
     def _answer(self, channel: Channel, request: Request) -> None:
         result: Any = None
@@ -166,6 +196,7 @@ class Server:
 
     def _drop(self, channel: Channel) -> None:
         self._outboxes.pop(channel, None)
+        self._backlog.discard(channel)
         self._drain_timeouts.pop(channel, None)
         self._decoders.pop(channel).close()
         channel.close()  # frees its slot in the channel block

@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -173,6 +174,9 @@ class Sibling:
     def blob(self, size: int) -> bytes:
         return b"v" * size
 
+    def nap(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def take(self, peer: Any) -> None:
         self.peer = peer
 
@@ -205,10 +209,21 @@ class PeerAttacker:
     def flood_without_reading(self, reply_size: int) -> int:
         """Pipeline requests for ``reply_size``-byte answers until the line is full;
         never read one."""
+        return self._flood("blob", reply_size)
+
+    def flood_with_naps(self, seconds: float, count: int) -> bool:
+        """Pipeline ``count`` slow requests in one write, so they arrive together."""
+        frames = b"".join(
+            bytes(encode_request(msgid, "nap", [[seconds], {}])[0]) for msgid in range(count)
+        )
+        with raw_line(self._line()) as line:
+            return line.send(frames, socket.MSG_DONTWAIT) == len(frames)
+
+    def _flood(self, method: str, argument: object) -> int:
         sent = 0
         with raw_line(self._line()) as line:
             for msgid in range(1, 10_000):
-                data, _ = encode_request(msgid, "blob", [[reply_size], {}])
+                data, _ = encode_request(msgid, method, [[argument], {}])
                 try:
                     line.send(data, socket.MSG_DONTWAIT)
                 except BlockingIOError:

@@ -137,6 +137,15 @@ def test_a_peer_that_never_reads_one_huge_answer_does_not_freeze_its_sibling() -
 
 
 @pytest.mark.timeout(60)
+def test_a_peer_that_pipelines_slow_requests_does_not_starve_the_parent() -> None:
+    with Sibling() as sibling, PeerAttacker() as attacker:
+        attacker.take(sibling)
+        assert attacker.flood_with_naps(0.05, 300)  # 15 s of work, read at once
+        time.sleep(0.2)
+        assert _elapsed(sibling.with_timeout(PROMPTLY).ping) < 2.0
+
+
+@pytest.mark.timeout(60)
 def test_a_peer_that_never_reads_is_hung_up_on_after_the_sibling_timeout() -> None:
     with Sibling() as sibling, PeerAttacker() as attacker:
         attacker.take(sibling)
