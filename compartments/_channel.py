@@ -4,13 +4,17 @@ Kept deliberately small: the per-call cost is one ``send``/``sendall`` and one
 ``recvmsg_into`` into a preallocated buffer. The socket stays blocking without a
 timeout so CPython never adds a ``poll`` before the syscall, which keeps the
 syscalls on the channel fd to exactly :data:`CHANNEL_SYSCALLS`.
+
+A blocking receive is only ever made by a reader with no deadline. One that follows a
+``poll`` passes ``nonblocking``: ``poll`` may say readable when a receive would still
+block (an urgent byte sent with ``MSG_OOB``, which ``SO_OOBINLINE``, set on every
+channel socket, turns into an ordinary byte and so a protocol error).
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -18,10 +22,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._decoder import FrameDecoder
+from ._fd import close_received
 from ._wire import DEFAULT_MAX_MESSAGE, MAX_FDS_PER_FRAME, FrameBytes
 from .errors import ProtocolError
 
-__all__ = ["CHANNEL_SYSCALLS", "CHANNEL_TEARDOWN_SYSCALLS", "Channel", "socketpair"]
+__all__ = [
+    "CHANNEL_SYSCALLS",
+    "CHANNEL_TEARDOWN_SYSCALLS",
+    "Channel",
+    "frame_parts",
+    "inline_urgent_data",
+    "socketpair",
+    "stream_socketpair",
+]
 
 #: Syscalls the channel makes on its fd while running: ``send``/``sendall`` is
 #: ``sendto`` in glibc, ``sendmsg`` only when a frame carries fds, and every receive is
@@ -46,10 +59,15 @@ _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 _MAX_PARTS = 512
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_SO_OOBINLINE = int(socket.SO_OOBINLINE)
+_RECEIVE_FLAGS = _MSG_CMSG_CLOEXEC
+_NONBLOCKING_RECEIVE_FLAGS = _MSG_CMSG_CLOEXEC | _MSG_DONTWAIT
 
 
 #: Called with the send's deadline while the peer's buffer is full; see Channel.send.
 WhenFull = Callable[[float | None], None]
+#: Called with the send's deadline, briefly, while another thread's frame goes out.
+WhileBusy = Callable[[float | None], None]
 
 
 class Channel:
@@ -69,6 +87,7 @@ class Channel:
             raise ValueError("Channel needs an AF_UNIX SOCK_STREAM socket")
         # Blocking without timeout: CPython then skips the poll() it does for timeouts.
         sock.settimeout(None)
+        inline_urgent_data(sock)
         self.name = name
         self.max_message = max_message
         self._sock = sock
@@ -85,9 +104,9 @@ class Channel:
     def closed(self) -> bool:
         return self._closed
 
-    def new_decoder(self) -> FrameDecoder:
+    def new_decoder(self, *, from_parent: bool = False) -> FrameDecoder:
         """A decoder bounded by this channel's ``max_message`` and named after it."""
-        return FrameDecoder(max_message=self.max_message, name=self.name)
+        return FrameDecoder(max_message=self.max_message, name=self.name, from_parent=from_parent)
 
     def send(
         self,
@@ -95,6 +114,7 @@ class Channel:
         fds: Sequence[int] = (),
         *,
         when_full: WhenFull | None = None,
+        while_busy: WhileBusy | None = None,
         deadline: float | None = None,
     ) -> None:
         """Write one whole frame (a buffer, or a list of parts written in order);
@@ -108,13 +128,14 @@ class Channel:
         blocked on: ``when_full(deadline)`` runs whenever the peer's buffer is full, to
         wait for room (reading the peer's replies meanwhile: it may be blocked sending
         them) or raise TimeoutError. Waiting for another thread's frame to go out also
-        ends at ``deadline`` (a ``time.monotonic()`` value).
+        ends at ``deadline`` (a ``time.monotonic()`` value); a thread that must keep
+        reading meanwhile passes ``while_busy``, called between short waits for the lock.
         """
         if fds and len(fds) > MAX_FDS_PER_FRAME:
             raise ValueError(f"at most {MAX_FDS_PER_FRAME} fds per frame, got {len(fds)}")
         lock = self._send_lock
-        if not lock.acquire(False) and not lock.acquire(True, _seconds_left(deadline)):
-            raise TimeoutError(f"`{self.name}`: another thread's frame is still being sent")
+        if not lock.acquire(False):
+            self._wait_for_turn(deadline, while_busy)
         try:
             flags = 0 if when_full is None else _MSG_DONTWAIT
             if not fds and not isinstance(data, list):  # the common case: one sendto
@@ -126,12 +147,46 @@ class Channel:
                     return
                 parts = [memoryview(data).cast("B")[sent:]]
             else:
-                parts = [memoryview(part).cast("B") for part in _parts(data)]
+                parts = frame_parts(data)
                 if fds and not parts[0]:
                     raise ValueError("fds need at least one byte of frame to travel with")
             self._send_parts(parts, fds, flags, when_full, deadline)
         finally:
             lock.release()
+
+    def _wait_for_turn(self, deadline: float | None, while_busy: WhileBusy | None) -> None:
+        lock = self._send_lock
+        if while_busy is None:
+            if not lock.acquire(True, _seconds_left(deadline)):
+                raise TimeoutError(f"`{self.name}`: another thread's frame is still being sent")
+            return
+        while not lock.acquire(False):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"`{self.name}`: another thread's frame is still being sent")
+            while_busy(deadline)
+
+    def send_nowait(
+        self, parts: list[memoryview], fds: Sequence[int] = ()
+    ) -> tuple[list[memoryview], Sequence[int]]:
+        """Send what the peer has room for now, never blocking (nor waiting for the lock).
+
+        Returns the parts still unsent and the fds still to go with their first byte
+        (none once any byte went). For a server that must not be parked by one reader.
+        """
+        if not self._send_lock.acquire(False):
+            return parts, fds
+        try:
+            while parts:
+                ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
+                try:
+                    sent = self._sock.sendmsg(parts[:_MAX_PARTS], ancillary, _MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                fds = ()
+                parts = _unsent(parts, sent)
+        finally:
+            self._send_lock.release()
+        return parts, fds
 
     def _send_parts(
         self,
@@ -153,13 +208,14 @@ class Channel:
             if parts and when_full is not None:
                 when_full(deadline)
 
-    def receive_into(self, decoder: FrameDecoder) -> bool:
+    def receive_into(self, decoder: FrameDecoder, nonblocking: bool = False) -> bool:
         """One ``recvmsg``: feed what arrived (bytes and fds) to ``decoder``.
 
         Trailing bytes the decoder is waiting for are received straight into their
         destination. Returns False at end of stream. Raises ProtocolError if the peer
         sent more fds than fit (the kernel truncated them), after closing those that
-        arrived.
+        arrived. ``nonblocking`` (for a receive after ``poll``): nothing there yet is
+        not an error, it feeds nothing and returns True.
         """
         target = decoder.trailing_target
         if target is not None:
@@ -168,9 +224,14 @@ class Channel:
             buffers = self._head_buffers
         else:
             buffers = self._buffers
-        nbytes, ancdata, flags, _ = self._sock.recvmsg_into(
-            buffers, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC
-        )
+        try:
+            nbytes, ancdata, flags, _ = self._sock.recvmsg_into(
+                buffers,
+                _ANCILLARY_SIZE,
+                _NONBLOCKING_RECEIVE_FLAGS if nonblocking else _RECEIVE_FLAGS,
+            )
+        except BlockingIOError:
+            return True
         fds = _received_fds(ancdata) if ancdata else []
         if flags & _MSG_CTRUNC:
             _close_quietly(fds)
@@ -217,11 +278,31 @@ class Channel:
         return f"<Channel {self.name!r} {state}>"
 
 
+def inline_urgent_data(sock: socket.socket) -> None:
+    """Set ``SO_OOBINLINE`` unless it is set: an ``MSG_OOB`` byte then arrives in the
+    stream, where a receive after ``poll`` finds it (and the decoder refuses it).
+
+    It acts on the receiving end, so the parent sets it on both ends of every pair it
+    makes: a sealed compartment may check it, but not set it.
+    """
+    if not sock.getsockopt(_SOL_SOCKET, _SO_OOBINLINE):
+        sock.setsockopt(_SOL_SOCKET, _SO_OOBINLINE, 1)
+
+
+def stream_socketpair() -> tuple[socket.socket, socket.socket]:
+    """A connected AF_UNIX stream pair, close-on-exec, with urgent data inline on both
+    ends: what every channel between processes is made of."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    inline_urgent_data(left)
+    inline_urgent_data(right)
+    return left, right
+
+
 def socketpair(
     *, max_message: int = DEFAULT_MAX_MESSAGE, names: tuple[str, str] = ("parent", "child")
 ) -> tuple[Channel, Channel]:
     """Two connected channels (AF_UNIX, SOCK_STREAM, close-on-exec)."""
-    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    left, right = stream_socketpair()
     return (
         Channel(left, max_message=max_message, name=names[0]),
         Channel(right, max_message=max_message, name=names[1]),
@@ -230,6 +311,11 @@ def socketpair(
 
 def _parts(data: FrameBytes | bytearray | memoryview) -> list[Any]:
     return data if isinstance(data, list) else [data]
+
+
+def frame_parts(data: FrameBytes | bytearray | memoryview) -> list[memoryview]:
+    """A frame as byte views, for :meth:`Channel.send_nowait`."""
+    return [memoryview(part).cast("B") for part in _parts(data)]
 
 
 def _unsent(parts: list[memoryview], sent: int) -> list[memoryview]:
@@ -258,4 +344,4 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 def _close_quietly(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            close_received(fd)

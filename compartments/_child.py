@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import inspect
 import os
 import resource
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
@@ -18,13 +20,14 @@ from . import _decoder, _largebytes, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
+from ._fd import closing_in_compartment
 from ._isolate import Isolate
 from ._landlock import enter_private_domain
 from ._privileges import drop_capabilities, set_no_new_privs
 from ._rules import ruleset_from_data
 from ._server import Server
 from ._wire import Fd, PeerRef
-from .errors import LandlockError, ProtocolError, UnsupportedError
+from .errors import CallTimeout, LandlockError, ProtocolError, UnsupportedError
 from .rulesets.runtime import CHANNEL_FD_BASE, CHANNEL_FD_LIMIT, ChannelRuntime
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
@@ -64,38 +67,88 @@ def _own_stdio(spec: dict[str, Any]) -> None:
 
 
 class _ChannelSlots:
-    """Hands out fd numbers in the reserved channel block."""
+    """Hands out free fd numbers in the reserved channel block, reusing closed ones.
+
+    A number is free when ``fcntl(F_GETFD)`` says EBADF: the runtime allows that command
+    on the block, and it needs no bookkeeping that a forgotten close could leak.
+    """
 
     def __init__(self) -> None:
-        self._next = CHANNEL_FD_BASE
+        self._lock = threading.Lock()
 
     def place(self, fd: int) -> int:
-        if self._next >= CHANNEL_FD_LIMIT:
-            raise OSError(
-                f"no free channel slot: a compartment holds at most "
-                f"{CHANNEL_FD_LIMIT - CHANNEL_FD_BASE} channels"
-            )
-        slot = self._next
-        self._next += 1
-        os.dup2(fd, slot, inheritable=False)  # dup3, the one call allowed into the block
-        os.close(fd)
+        """Move ``fd`` into a free slot (closing ``fd``, even on failure)."""
+        if CHANNEL_FD_BASE <= fd < CHANNEL_FD_LIMIT:
+            return fd  # the kernel gave it a number in the block already
+        with self._lock:
+            try:
+                slot = self._free_slot()
+                os.dup2(fd, slot, inheritable=False)  # dup3, the one call allowed into the block
+            finally:
+                os.close(fd)
         return slot
+
+    @staticmethod
+    def _free_slot() -> int:
+        for slot in range(CHANNEL_FD_BASE, CHANNEL_FD_LIMIT):
+            try:
+                fcntl.fcntl(slot, fcntl.F_GETFD)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return slot
+                raise
+        raise OSError(
+            errno.EMFILE,
+            f"no free channel slot: a compartment holds at most "
+            f"{CHANNEL_FD_LIMIT - CHANNEL_FD_BASE} channels at once",
+        )
 
 
 _slots = _ChannelSlots()
 
 
 def channel_from_fd(fd: Fd, name: str) -> Channel:
+    """A channel on ``fd``, moved into the channel block. Only compartments hold channel
+    slots, so this also marks the process as one (see ``_fd.closing_in_compartment``)."""
+    closing_in_compartment()
     slot = _slots.place(fd.detach())
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=slot)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=slot)
+    except BaseException:
+        os.close(slot)
+        raise
     return Channel(sock, name=name)
 
 
-class PeerProxy:
-    """Inside a compartment: a direct line to another compartment, no parent involved."""
+#: A peer call's timeout when the compartment has no default timeout: a sibling that
+#: never answers must not hold the caller for ever (the parent cannot kill it for us).
+PEER_CALL_TIMEOUT = 60.0
+_peer_timeout = PEER_CALL_TIMEOUT
 
-    def __init__(self, peer: PeerRef, max_message: int = _wire.DEFAULT_MAX_MESSAGE) -> None:
+
+def set_peer_timeout(timeout: float | None) -> None:
+    """Peer calls and peer lines take the compartment's default timeout, if it has one."""
+    global _peer_timeout
+    _peer_timeout = PEER_CALL_TIMEOUT if timeout is None else float(timeout)
+
+
+class PeerProxy:
+    """Inside a compartment: a direct line to another compartment, no parent involved.
+
+    Every call has a timeout (the compartment's default, else :data:`PEER_CALL_TIMEOUT`).
+    A call that misses it closes the line, as the parent kills a compartment that misses
+    one: the peer may be stuck, and every later call would queue behind it. The line's
+    fd (a channel slot) is freed when the proxy is closed or dropped.
+    """
+
+    def __init__(
+        self,
+        peer: PeerRef,
+        max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+        timeout: float | None = None,
+    ) -> None:
         self._name = peer.name
+        self._timeout = _peer_timeout if timeout is None else timeout
         self._connection = Connection(
             channel_from_fd(peer.fd, peer.name), name=peer.name, max_message=max_message
         )
@@ -106,10 +159,34 @@ class PeerProxy:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             sent, named, _ = _largebytes.offload(args, kwargs, memfds=False)
-            return self._connection.call(method, [sent, named])
+            try:
+                return self._connection.call(method, [sent, named], timeout=self._timeout)
+            except CallTimeout:
+                self._connection.fail(
+                    ConnectionResetError(
+                        f"peer `{self._name}` did not answer `{method}` within "
+                        f"{self._timeout:g}s; the line to it is closed"
+                    )
+                )
+                raise
 
         call.__name__ = method
         return call
+
+    def close(self) -> None:
+        """Close the line (idempotent); later calls raise ConnectionResetError."""
+        self._connection.fail(ConnectionResetError(f"the line to peer `{self._name}` is closed"))
+
+    def __enter__(self) -> PeerProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        connection = getattr(self, "_connection", None)
+        if connection is not None:
+            connection.close()
 
     def __repr__(self) -> str:
         return f"<peer compartment {self._name!r}>"
@@ -225,6 +302,7 @@ class _Compartment:
     def __init__(self, spec: dict[str, Any], server_channel: Channel) -> None:
         self.name = str(spec["name"])
         self.max_message = int(spec["max_message"])
+        set_peer_timeout(spec.get("timeout"))
         self.primary = server_channel
         self.server: Server | None = None
         resolved = _resolve(spec)
@@ -275,7 +353,9 @@ class _Compartment:
             if not isinstance(fd, Fd) or not isinstance(peer_name, str):
                 raise TypeError("$attach takes an Fd and a name")
             assert self.server is not None
-            self.server.add_channel(channel_from_fd(fd, peer_name), peer_name)
+            self.server.add_channel(
+                channel_from_fd(fd, peer_name), peer_name, drain_timeout=_peer_timeout
+            )
             return None
         raise AttributeError(f"unknown control method `{method}`")
 

@@ -28,6 +28,8 @@ __all__ = ["Connection"]
 _ABANDONED_MEMORY = 1024
 # A sender waiting for room re-checks this often whether it should read for everyone.
 _SEND_POLL_SLICE = 0.05
+# The reader waiting for another thread's frame to go out looks at the lock this often.
+_BUSY_POLL_SLICE = 0.005
 
 
 class _Slot:
@@ -111,7 +113,7 @@ class Connection:
     def _call_as_reader(
         self, method: str, params: Sequence[Any], names: Sequence[str] | None, timeout: float | None
     ) -> Any:
-        msgid = self._send_request(method, params, names, timeout, None)
+        msgid = self._send_request(method, params, names, timeout, None, as_reader=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         mine: Response | None = None
         while mine is None:
@@ -119,7 +121,7 @@ class Connection:
                 with self._lock:
                     self._abandoned.append(msgid)  # its reply may still come: drop it then
                 raise CallTimeout(self.name, method, timeout or 0.0)
-            mine = self._read_once(msgid)
+            mine = self._read_once(msgid, nonblocking=deadline is not None)
         self.responses_seen += 1
         if mine.error is not None:
             raise self._remote_error(mine.error)
@@ -146,8 +148,15 @@ class Connection:
         names: Sequence[str] | None,
         timeout: float | None,
         slot: _Slot | None,
+        *,
+        as_reader: bool = False,
     ) -> int:
-        """Encode and send; ``slot`` (if any) is where the reply will be delivered."""
+        """Encode and send; ``slot`` (if any) is where the reply will be delivered.
+
+        ``as_reader``: this thread holds the reader's role, so while the send waits
+        (for room, or for another thread's frame) it must read: the peer may be blocked
+        sending replies, and nobody else will take them.
+        """
         msgid = next(self._ids) & _wire.MAX_MSGID
         data, fds = _wire.encode_request(msgid, method, params, names=names)
         size = len(data) if type(data) is bytes else _wire.frame_size(data)
@@ -164,7 +173,13 @@ class Connection:
             self.calls_started += 1
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self.channel.send(data, fds, when_full=self._while_send_blocked, deadline=deadline)
+            if as_reader:
+                self.channel.send(
+                    data, fds, when_full=self._room_as_reader,
+                    while_busy=self._read_a_little, deadline=deadline,
+                )  # fmt: skip
+            else:
+                self.channel.send(data, fds, when_full=self._while_send_blocked, deadline=deadline)
         except TimeoutError:
             self.fail(ConnectionResetError(f"call `{method}` could not be sent in {timeout:g}s"))
             raise CallTimeout(self.name, method, timeout or 0.0) from None
@@ -206,27 +221,48 @@ class Connection:
     def _while_send_blocked(self, deadline: float | None) -> None:
         """Wait until the peer has room for more of our frame, reading its replies
         meanwhile unless another thread is: the peer may be blocked sending them."""
-        fd = self.channel.fileno()
         while True:
-            wait = _SEND_POLL_SLICE
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise TimeoutError
             reading = self._claim_reader_if_free()  # nobody else reads: we must
             try:
-                poller = select.poll()
-                poller.register(fd, select.POLLOUT | (select.POLLIN if reading else 0))
-                events = 0
-                for _, happened in poller.poll(wait * 1000):
-                    events |= happened
-                if events & (select.POLLOUT | select.POLLERR | select.POLLHUP):
-                    return  # room, or an error the next send reports
-                if events & select.POLLIN:
-                    self._read_once()
+                if self._wait_for_room(deadline, reading):
+                    return
             finally:
                 if reading:
                     self._release_reader()
+
+    def _room_as_reader(self, deadline: float | None) -> None:
+        """The same for a sender that already holds the reader's role: always read."""
+        while not self._wait_for_room(deadline, True):
+            pass
+
+    def _wait_for_room(self, deadline: float | None, reading: bool) -> bool:
+        """One slice of waiting for room; True once there is (or an error to report)."""
+        wait = _SEND_POLL_SLICE
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError
+        poller = select.poll()
+        poller.register(self.channel.fileno(), select.POLLOUT | (select.POLLIN if reading else 0))
+        events = 0
+        for _, happened in poller.poll(wait * 1000):
+            events |= happened
+        if events & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+            return True  # room, or an error the next send reports
+        if events & select.POLLIN:
+            self._read_once(nonblocking=True)
+        return False
+
+    def _read_a_little(self, deadline: float | None) -> None:
+        """The reader, waiting for another thread's frame to go out: read what comes
+        meanwhile (that thread may be blocked until we do), then look at the lock again."""
+        wait = _BUSY_POLL_SLICE
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        poller = select.poll()
+        poller.register(self.channel.fileno(), select.POLLIN)
+        if poller.poll(max(wait, 0.0) * 1000):
+            self._read_once(nonblocking=True)
 
     def _become_reader(self, slot: _Slot, deadline: float | None) -> bool:
         """Take the reader's role, unless our reply arrives first or time runs out.
@@ -260,17 +296,18 @@ class Connection:
         while not slot.done:
             if deadline is not None and not self._readable_before(deadline):
                 return
-            self._read_once()
+            self._read_once(nonblocking=deadline is not None)
 
-    def _read_once(self, mine: int | None = None) -> Response | None:
+    def _read_once(self, mine: int | None = None, *, nonblocking: bool = False) -> Response | None:
         """One receive, its messages dispatched; only the reader may call this.
 
-        The reply to msgid ``mine``, a call with no slot, is returned instead.
+        The reply to msgid ``mine``, a call with no slot, is returned instead. A receive
+        after ``poll`` is ``nonblocking``: readable is not a promise that it will not block.
         """
         decoder = self._decoder
         found = None
         try:
-            if not self.channel.receive_into(decoder):
+            if not self.channel.receive_into(decoder, nonblocking):
                 raise ConnectionResetError(f"`{self.name}` closed its channel")
             while (message := decoder.next_message()) is not None:
                 if type(message) is Response and message.msgid == mine:

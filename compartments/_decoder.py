@@ -9,7 +9,6 @@ are written straight into the ``bytes`` objects the message will hold (see
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -17,7 +16,7 @@ from typing import Any, NoReturn
 import msgpack
 
 from . import _largebytes
-from ._fd import MAX_NAME_LENGTH, Fd, PeerRef
+from ._fd import MAX_NAME_LENGTH, Fd, PeerRef, close_received
 from ._remote_errors import a_type
 from ._wire import (
     _FD_INDEX,
@@ -101,6 +100,9 @@ class FrameDecoder:
             raise ValueError("max_message must be at least 64 bytes")
         self.max_message = max_message
         self.name = name
+        # PeerRefs and memfd payloads only make sense from the parent: a PeerRef takes a
+        # channel slot, and a memfd is read with mmap (or pread, which blocks on a device).
+        self._from_parent = from_parent
         limits = {
             "raw": False,
             "use_list": True,
@@ -437,6 +439,8 @@ class FrameDecoder:
                 raise self._fail(f"Fd extension of {len(payload)} bytes")
             return self._claim_fd(_FD_INDEX.unpack(payload)[0])
         if code == EXT_PEER:
+            if not self._from_parent:
+                raise self._fail("a PeerRef; only the parent may hand out direct lines")
             if len(payload) <= _FD_INDEX.size:
                 raise self._fail("PeerRef extension without a name")
             try:
@@ -465,6 +469,8 @@ class FrameDecoder:
         return data
 
     def _large_bytes(self, payload: bytes) -> bytes:
+        if not self._from_parent:  # the others send trailing bytes; a device fd would block
+            raise self._fail("a memfd payload; only the parent may send them")
         if len(payload) != _MEMFD.size:
             raise self._fail(f"memfd extension of {len(payload)} bytes")
         index, size = _MEMFD.unpack(payload)
@@ -542,4 +548,4 @@ def _short(value: object) -> str:
 def _close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            close_received(fd)

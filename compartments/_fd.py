@@ -1,18 +1,51 @@
 """File descriptors that travel with a call (SCM_RIGHTS): ``Fd`` and ``PeerRef``.
 
 A received ``Fd`` owns its descriptor and closes it when dropped, so a peer cannot leak
-descriptors into us; one passed by the caller is only borrowed.
+descriptors into us; one passed by the caller is only borrowed. Closing a received
+descriptor never lingers: a compartment could have set ``SO_LINGER`` on a socket whose
+peer never reads, and ``close()`` would then block for as long as it chose.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
+import struct
 from typing import IO, Any, Protocol
 
-__all__ = ["MAX_NAME_LENGTH", "Fd", "PeerRef"]
+__all__ = ["MAX_NAME_LENGTH", "Fd", "PeerRef", "close_received", "closing_in_compartment"]
 
 MAX_NAME_LENGTH = 256
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                             ctypes.c_uint]  # fmt: skip
+_NO_LINGER = struct.pack("ii", 0, 0)  # struct linger {l_onoff = 0, l_linger = 0}
+_SOL_SOCKET, _SO_LINGER = int(socket.SOL_SOCKET), int(socket.SO_LINGER)
+_unlinger = True
+
+
+def closing_in_compartment() -> None:
+    """Inside a sealed compartment ``setsockopt`` is denied (and reported), so received
+    fds are closed as they are; only the parent turns lingering off."""
+    global _unlinger
+    _unlinger = False
+
+
+def close_received(fd: int) -> None:
+    """Close a descriptor that came from another process, without lingering.
+
+    One ``setsockopt`` (ENOTSOCK for anything but a socket, ignored) right before the
+    ``close``: the sender may hold the same socket and set ``SO_LINGER`` again at any time.
+    """
+    _stop_lingering(fd)
+    os.close(fd)
+
+
+def _stop_lingering(fd: int) -> None:
+    if _unlinger:
+        _libc.setsockopt(fd, _SOL_SOCKET, _SO_LINGER, _NO_LINGER, len(_NO_LINGER))
 
 
 class _HasFileno(Protocol):
@@ -64,8 +97,15 @@ class Fd:
         return self._fd
 
     def detach(self) -> int:
-        """Hand the descriptor over to the caller, who must close it."""
+        """Hand the descriptor over to the caller, who must close it.
+
+        A received socket is handed over with lingering off, as the sender may have
+        turned it on; a sender that can still set it again (one allowed setsockopt) can
+        make the new owner's close linger, so close such sockets through ``Fd``.
+        """
         fd = self.fileno()
+        if self._owned:
+            _stop_lingering(fd)
         self._fd, self._owned, self._keepalive = -1, False, None
         return fd
 
@@ -73,7 +113,7 @@ class Fd:
         fd, owned = self._fd, self._owned
         self._fd, self._owned, self._keepalive = -1, False, None
         if owned and fd >= 0:
-            os.close(fd)
+            close_received(fd)
 
     def open(self, mode: str = "rb", buffering: int = -1, **kwargs: Any) -> IO[Any]:
         """A file object that takes over the descriptor (closing it closes the fd)."""
@@ -94,7 +134,7 @@ class Fd:
             fd, owned = self._fd, self._owned
             self._fd, self._owned = -1, False
             if owned and fd >= 0:
-                os.close(fd)
+                close_received(fd)
         except (AttributeError, OSError):  # half-built by a failed __init__, or gone
             pass
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from . import _largebytes, _output, _wire
+from ._channel import stream_socketpair
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
 from ._rules import ruleset_to_data
@@ -167,7 +168,7 @@ class Supervised:
         module = definition.target.__module__
         zygote = zygote_for(module, definition.max_message)
         args, kwargs, brokered = _broker_peers(self.name, self._args, self._kwargs)
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_end, child_end = stream_socketpair()  # urgent data inline on both ends
         output = _output.outputs(self.name)
         spec = {
             "name": self.name,
@@ -178,6 +179,7 @@ class Supervised:
             "stderr": Fd(output.stderr_w),
             "line_buffered": _output.parent_stdout_is_a_terminal(),
             "max_message": definition.max_message,
+            "timeout": definition.timeout,
             "rules": definition.rules_as_data(),
             "listener": definition.report_violations,
             "unsealed_for_benchmarks": definition.unsealed_for_benchmarks,
@@ -324,7 +326,7 @@ def _broker_peers(
         if not isinstance(value, Remote):
             return value
         target = value._supervised_instance()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = stream_socketpair()  # urgent data inline: they cannot set it
         brokered.append(ours)
         with theirs:
             target.connection().call("$attach", [Fd(theirs), receiver], timeout=START_TIMEOUT)

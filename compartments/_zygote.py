@@ -212,7 +212,7 @@ class _ZygoteServer(Server):
         poller.register(watch, select.POLLIN)
         while True:
             ready = [fd for fd, _ in poller.poll()]
-            if watch in ready or not self._serve_one_read(self.primary):
+            if watch in ready or not self._serve_one_read(self.primary, nonblocking=True):
                 return
 
 

@@ -299,3 +299,33 @@ def test_a_channel_rejects_a_datagram_socket() -> None:
         Channel(left)
     left.close()
     right.close()
+
+
+def test_urgent_data_arrives_inline_on_both_ends() -> None:
+    left, right = socketpair()
+    with left, right:
+        for sender, receiver in ((left, right), (right, left)):
+            sock = socket.socket(fileno=os.dup(sender.fileno()))
+            with sock:
+                sock.send(b"!", socket.MSG_OOB)
+            decoder = receiver.new_decoder()
+            with pytest.raises(ProtocolError):
+                receiver.receive_into(decoder, nonblocking=True)
+
+
+def test_a_nonblocking_receive_with_nothing_there_feeds_nothing() -> None:
+    left, right = socketpair()
+    with left, right:
+        decoder = right.new_decoder()
+        assert right.receive_into(decoder, nonblocking=True) is True
+        assert decoder.next_message() is None and decoder.between_frames
+
+
+def test_send_nowait_keeps_what_does_not_fit_and_the_fds_that_did_not_go() -> None:
+    left, right = socketpair()
+    with left, right:
+        big = memoryview(bytes(8 << 20))
+        rest, fds = left.send_nowait([big], [0])
+        assert 0 < sum(len(part) for part in rest) < len(big) and list(fds) == []
+        rest, fds = left.send_nowait(rest, [0])  # the buffer is full: nothing goes
+        assert sum(len(part) for part in rest) < len(big) and list(fds) == [0]

@@ -84,7 +84,7 @@ def _memfd_frame(content: bytes, announced: int) -> tuple[bytes, int]:
 
 def test_memfd_shorter_than_announced_is_a_protocol_error() -> None:
     frame, fd = _memfd_frame(b"ten bytes!", announced=100)
-    decoder = _decoder.FrameDecoder(name="hostile")
+    decoder = _decoder.FrameDecoder(name="hostile", from_parent=True)
     with pytest.raises(ProtocolError, match="10 bytes, 100 were announced"):
         decoder.feed(frame, [fd])
         decoder.next_message()
@@ -92,7 +92,7 @@ def test_memfd_shorter_than_announced_is_a_protocol_error() -> None:
 
 def test_memfd_over_max_message_is_a_protocol_error() -> None:
     frame, fd = _memfd_frame(b"x", announced=1 << 40)
-    decoder = _decoder.FrameDecoder(max_message=1 << 20, name="hostile")
+    decoder = _decoder.FrameDecoder(max_message=1 << 20, name="hostile", from_parent=True)
     with pytest.raises(ProtocolError, match="exceeds max_message"):
         decoder.feed(frame, [fd])
         decoder.next_message()
@@ -105,7 +105,7 @@ def test_a_pipe_posing_as_a_memfd_is_a_protocol_error() -> None:
         [1, 7, None, msgpack.ExtType(_wire.EXT_MEMFD, _wire._MEMFD.pack(0, 5))],
         use_bin_type=True,
     )
-    decoder = _decoder.FrameDecoder(name="hostile")
+    decoder = _decoder.FrameDecoder(name="hostile", from_parent=True)
     with pytest.raises(ProtocolError, match="memfd"):
         decoder.feed(frame, [read_end])
         decoder.next_message()

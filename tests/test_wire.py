@@ -69,8 +69,8 @@ NATIVE_VALUES: list[Any] = [
 ]
 
 
-def decode_one(data: bytes, fds: list[int] | None = None) -> Any:
-    decoder = FrameDecoder()
+def decode_one(data: bytes, fds: list[int] | None = None, *, from_parent: bool = False) -> Any:
+    decoder = FrameDecoder(from_parent=from_parent)
     decoder.feed(data, fds or [])
     message = decoder.next_message()
     assert message is not None
@@ -143,9 +143,9 @@ def test_peer_ref_round_trips_with_its_name() -> None:
     try:
         data, fds = encode_request(1, "m", [PeerRef(write_end, "db")])
         assert fds == [write_end]
-        with decode_one(data, [os.dup(write_end)]).params[0].fd as received:
+        with decode_one(data, [os.dup(write_end)], from_parent=True).params[0].fd as received:
             assert isinstance(received, Fd)
-        assert decode_one(data, [os.dup(write_end)]).params[0].name == "db"
+        assert decode_one(data, [os.dup(write_end)], from_parent=True).params[0].name == "db"
     finally:
         os.close(read_end)
         os.close(write_end)
