@@ -366,17 +366,23 @@ def test_a_map_as_a_map_key_is_a_protocol_error() -> None:
         FrameDecoder().feed(b"\x94\x00\x01\xa1m\x91\x81\x80\x01")
 
 
-def test_a_map_inside_an_array_key_is_a_protocol_error() -> None:
+def test_a_map_inside_an_array_key_from_the_parent_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="map key of type dict"):
-        FrameDecoder().feed(b"\x94\x00\x01\xa1m\x91\x81\x92\x01\x80\x01")
+        FrameDecoder(from_parent=True).feed(b"\x94\x00\x01\xa1m\x91\x81\x92\x01\x80\x01")
 
 
-def test_tuple_keys_arrive_as_tuples() -> None:
+def test_tuple_keys_from_the_parent_arrive_as_tuples() -> None:
     value = {(1, "a", (2, b"x")): 5, (): 6, "plain": 7}
     data, _ = encode_request(1, "m", [value])
-    decoder = FrameDecoder()
+    decoder = FrameDecoder(from_parent=True)
     decoder.feed(data)
     assert decoder.next_message() == Request(1, "m", [value])
+
+
+def test_tuple_keys_from_a_compartment_are_a_protocol_error() -> None:
+    data, _ = encode_request(1, "m", [{(1, 2): 3}])
+    with pytest.raises(ProtocolError, match="an array as a map key is not allowed"):
+        FrameDecoder().feed(data)
 
 
 def test_a_broken_decoder_stays_broken() -> None:
