@@ -684,6 +684,7 @@ def test_a_dict_with_tuple_keys_crosses_to_a_compartment_as_itself() -> None:
 
 def test_a_dict_with_tuple_keys_returned_is_a_type_error_naming_the_key() -> None:
     value = {(1, "a"): [1]}
-    with pytest.raises(TypeError, match=r"at `result\[1\]`, a dict key of type tuple \(\(1, 'a'\)\)"):
+    expected = r"at `result\[1\]`, a dict key of type tuple \(\(1, 'a'\)\)"
+    with pytest.raises(TypeError, match=expected):
         describe_value(value)
     assert describe_value({"a": 1}) == ["dict", {"a": 1}]  # the compartment lives on
