@@ -90,8 +90,13 @@ def _oserror(
         strerror = printable(strerror, _MAX_SHORT_TEXT)
     if not (_filename_ok(filename) and _filename_ok(filename2)):
         return None
-    # str() shows filenames by repr, which escapes them; the values stay exact.
-    return cls(number, strerror, filename, None, filename2)
+    # str() shows filenames by repr, which escapes them; the values stay exact. As
+    # few arguments as they need, so ``args`` is what the compartment's error had.
+    if filename2 is not None:
+        return cls(number, strerror, filename, None, filename2)
+    if filename is not None:
+        return cls(number, strerror, filename)
+    return cls(number, strerror)
 
 
 def _unicode_decode(
