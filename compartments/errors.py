@@ -109,8 +109,12 @@ class PolicyViolation(CompartmentsError, PermissionError):
 class ProtocolError(CompartmentsError, ConnectionError):
     """A compartment sent a frame that is malformed, oversized or out of protocol.
 
-    The compartment is closed; the parent carries on.
+    The compartment is closed; the parent carries on. The message may quote what it
+    sent, so it is kept escaped.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
 
 
 class CompartmentCrashed(CompartmentsError, ChildProcessError):
@@ -118,8 +122,8 @@ class CompartmentCrashed(CompartmentsError, ChildProcessError):
 
     def __init__(self, compartment: str, reason: str) -> None:
         self.compartment = compartment
-        self.reason = reason
-        super().__init__(f"compartment `{compartment}` crashed: {reason}")
+        self.reason = printable(reason)
+        super().__init__(f"compartment `{printable(compartment)}` crashed: {self.reason}")
 
 
 class CompartmentClosed(CompartmentsError, RuntimeError):
