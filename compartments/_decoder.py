@@ -87,6 +87,11 @@ class FrameDecoder:
     still be larger than their wire form (an empty map is one byte on the wire and ~64
     bytes as a dict), so choose ``max_message`` with that amplification in mind.
 
+    Work is linear in the frame, too: a dict is built with one hash per key, and CPython
+    hashes tuples, ints and floats without a secret, so a sender can make them collide
+    and the build quadratic. From any stream but the parent's, array keys are refused
+    and int/float keys are budgeted per frame (``_wire.MAX_PREDICTABLE_KEY_COST``).
+
     Fds travel with the first chunk of the frame that references them; the sender
     attaches them to its first ``sendmsg``, and the kernel delivers them with the
     bytes of that first chunk. So fds fed with bytes [a, b) belong to the one frame

@@ -208,14 +208,15 @@ def encode_response(
 ) -> tuple[FrameBytes, list[int]]:
     """``[1, msgid, error, result]``; ``method`` only words the error for a bad result.
 
-    A large bytes result travels as trailing bytes.
+    A large bytes result travels as trailing bytes. Only compartments answer, so a
+    result with map keys the parent refuses (tuples, too many ints) raises here.
     """
     if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
         _bad_msgid(msgid)
     if type(result) is bytes and len(result) >= _largebytes.TRAILING_MIN:
         result = _largebytes.TrailingBytes(result)
     elif type(result) not in _LEAVES:
-        check_keys_for_parent(result, _result_label(method), "result")
+        check_keys_from_compartment(result, _result_label(method), "result")
     return _encode_frame([RESPONSE, msgid, error, result], _explain_result, result, method)
 
 
@@ -225,7 +226,7 @@ def encode_notification(
     """``[2, method, params]``: a call that expects no reply."""
     if type(method) is not str or not 0 < len(method) <= MAX_METHOD_LENGTH:
         _bad_method(method)
-    check_keys_for_parent(list(params), f"notification `{method}`", "params")
+    check_keys_from_compartment(list(params), f"notification `{method}`", "params")
     return _encode_frame([NOTIFICATION, method, params], _explain_arguments, method, params, names)
 
 
@@ -283,7 +284,7 @@ class _KeyBudget:
         self.cost = 0
 
 
-def check_keys_for_parent(value: object, label: str, root: str) -> None:
+def check_keys_from_compartment(value: object, label: str, root: str) -> None:
     """Raise what the parent's decoder would refuse in ``value``, before it is sent.
 
     The parent decodes a compartment's frames in linear time only (see ``_decoder``):
