@@ -68,7 +68,7 @@ _TRAILING = struct.Struct("!Q")  # byte count
 _FD_INDEX = struct.Struct("!I")
 
 #: Map keys whose hash a compartment can predict: CPython hashes ints and floats without
-#: a secret, so a sender can pick keys that share probe paths (``i << 33`` for every
+#: a secret, so a sender can pick keys that share probe paths (``i << 17`` for every
 #: ``i`` will do), and building a dict of ``m`` of them costs up to ``m**2``. str and
 #: bytes hashes are keyed (SipHash) with a secret a compartment does not share, unless
 #: randomization is off. Tuple keys hash their items without a key, so they are refused

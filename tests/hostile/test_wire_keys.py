@@ -83,7 +83,7 @@ def test_colliding_tuple_keys_spread_over_many_small_maps_are_refused_promptly(
 
 
 def test_int_keys_sharing_probe_paths_are_refused_promptly(forger: Any) -> None:
-    # Distinct hashes, but i << 33 clusters CPython's probing: ~2 s for 800k before the fix.
+    # Distinct hashes, but i << 17 clusters CPython's probing: ~2 s for 800k before the fix.
     _refused_promptly(lambda: forger.with_timeout(15).int_keys_sharing_probe_paths(800_000))
 
 

@@ -62,7 +62,7 @@ def colliding_pairs(count: int, nested: bool = False) -> list[tuple[Any, int]]:
 
 
 def int_keys_sharing_probe_paths(count: int) -> list[int]:
-    return [i << 33 for i in range(1, count + 1)]
+    return [i << 17 for i in range(1, count + 1)]
 
 
 def _send_raw(data: bytes) -> None:
