@@ -27,14 +27,17 @@ _MAX_FILENAME = 4096  # PATH_MAX
 _MAX_ERRNO = 4095  # Linux's MAX_ERRNO
 
 # Types whose constructor only stores its arguments (BaseException.__init__), so any
-# few scalars are safe. The Warning family and ExceptionGroups, SystemExit and the
-# other control-flow exceptions are deliberately absent.
+# few scalars are safe. ExceptionGroups (which take exceptions), SystemExit and the
+# other control-flow exceptions (StopIteration...) are deliberately absent.
 _PLAIN = (
     "Exception", "ArithmeticError", "AssertionError", "AttributeError", "BufferError",
     "EOFError", "FloatingPointError", "ImportError", "IndexError", "KeyError",
     "LookupError", "MemoryError", "ModuleNotFoundError", "NameError", "NotImplementedError",
-    "OverflowError", "RecursionError", "ReferenceError", "RuntimeError", "TypeError",
-    "UnboundLocalError", "UnicodeError", "ValueError", "ZeroDivisionError",
+    "OverflowError", "RecursionError", "ReferenceError", "RuntimeError", "SystemError",
+    "TypeError", "UnboundLocalError", "UnicodeError", "ValueError", "ZeroDivisionError",
+    "Warning", "BytesWarning", "DeprecationWarning", "EncodingWarning", "FutureWarning",
+    "ImportWarning", "PendingDeprecationWarning", "ResourceWarning", "RuntimeWarning",
+    "SyntaxWarning", "UnicodeWarning", "UserWarning",
 )  # fmt: skip
 # SyntaxError parses a second argument as a location tuple: rebuilt from its message only.
 _MESSAGE_ONLY = ("SyntaxError", "IndentationError", "TabError")

@@ -548,7 +548,7 @@ def test_a_custom_exception_becomes_remote_error() -> None:
 @pytest.mark.parametrize(
     "name",
     ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "len", "StopIteration", "ExceptionGroup",
-     "BaseExceptionGroup", "UserWarning", "object", "type"],
+     "BaseExceptionGroup", "StopAsyncIteration", "object", "type"],
 )  # fmt: skip
 def test_control_flow_and_non_exception_builtins_become_remote_error(name: str) -> None:
     payload = {"type": name, "message": "x", "traceback": "", "builtin": True}
