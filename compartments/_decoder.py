@@ -9,6 +9,7 @@ are written straight into the ``bytes`` objects the message will hold (see
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -29,7 +30,9 @@ from ._wire import (
     EXT_TRAILING,
     MAX_METHOD_LENGTH,
     MAX_MSGID,
+    MAX_PREDICTABLE_KEY_COST,
     NOTIFICATION,
+    PREDICTABLE_KEY_TYPES,
     REQUEST,
     RESPONSE,
     Message,
@@ -51,6 +54,10 @@ _HEAD_SLICE = 16 << 10
 _MAX_EXT_LEN = _FD_INDEX.size + 4 * MAX_NAME_LENGTH
 _KEY_TYPES = frozenset({str, bytes, int, bool, float, type(None)})
 _tuple_new = tuple.__new__
+_ARRAY_KEYS_WHY = (
+    " (tuple keys hash without a secret key, so a frame of them can cost quadratic time)"
+)
+_KEY_BUDGET_TEXT = f"a map of {math.isqrt(MAX_PREDICTABLE_KEY_COST)} or many smaller ones"
 
 
 class _FdBatch:
@@ -79,6 +86,11 @@ class FrameDecoder:
     still be larger than their wire form (an empty map is one byte on the wire and ~64
     bytes as a dict), so choose ``max_message`` with that amplification in mind.
 
+    Work is linear in the frame, too: a dict is built with one hash per key, and CPython
+    hashes tuples, ints and floats without a secret, so a sender can make them collide
+    and the build quadratic. From any stream but the parent's, array keys are refused
+    and int/float keys are budgeted per frame (``_wire.MAX_PREDICTABLE_KEY_COST``).
+
     Fds travel with the first chunk of the frame that references them; the sender
     attaches them to its first ``sendmsg``, and the kernel delivers them with the
     bytes of that first chunk. So fds fed with bytes [a, b) belong to the one frame
@@ -103,6 +115,8 @@ class FrameDecoder:
         # PeerRefs and memfd payloads only make sense from the parent: a PeerRef takes a
         # channel slot, and a memfd is read with mmap (or pread, which blocks on a device).
         self._from_parent = from_parent
+        # Worst-case dict work spent on keys with predictable hashes in this frame.
+        self._key_cost = 0
         limits = {
             "raw": False,
             "use_list": True,
@@ -273,6 +287,7 @@ class FrameDecoder:
 
     def _as_message(self, obj: Any) -> Message:
         """Inline checks for well-formed messages; _reject explains the rest."""
+        self._key_cost = 0  # the frame is decoded: the next one has its own budget
         if type(obj) is list and len(obj) == 4:
             kind, msgid, third, fourth = obj
             if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
@@ -307,11 +322,13 @@ class FrameDecoder:
     def _decode_alone(self, data: bytes | bytearray | memoryview) -> bool:
         """The common case, cheaply: ``data`` is exactly one whole frame without fds or
         extensions. False (nothing consumed) when it is anything else."""
+        self._key_cost = 0
         try:
             obj = msgpack.unpackb(data, **self._alone_options)
         except ProtocolError:
             raise
         except Exception:  # extra or missing bytes, an extension: the stream decides
+            self._key_cost = 0  # the stream decodes these maps again
             return False
         message = self._as_message(obj)
         size = len(data)
@@ -413,15 +430,43 @@ class FrameDecoder:
             raise self._fail(f"params must be an array, got {a_type(params)}")
 
     def _checked_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-        for key, _ in pairs:
-            if type(key) not in _KEY_TYPES:
-                pairs = [(self._hashable(k), v) for k, v in pairs]
-                break
+        """The dict of one map, built only if that costs linear time.
+
+        From an untrusted stream, array keys are refused and keys whose hash the sender
+        can predict are charged ``m**2`` per map of ``m`` of them, against a per-frame
+        budget (see ``_wire.PREDICTABLE_KEY_TYPES``); the trusted parent may send any.
+        """
+        if self._from_parent:
+            for key, _ in pairs:
+                if type(key) not in _KEY_TYPES:
+                    pairs = [(self._hashable(k), v) for k, v in pairs]
+                    break
+        else:
+            self._charge_keys(pairs)
         if self._trailers:  # hashing unfilled bytes would cache a hash of garbage
             unfilled = {id(data) for data, _ in self._trailers}
             if any(_holds(key, unfilled) for key, _ in pairs):
                 raise self._fail("trailing bytes used as a map key")
         return dict(pairs)
+
+    def _charge_keys(self, pairs: list[tuple[Any, Any]]) -> None:
+        predictable = 0
+        for key, _ in pairs:
+            kind = type(key)
+            if kind in PREDICTABLE_KEY_TYPES:
+                predictable += 1
+            elif kind not in _KEY_TYPES:
+                if kind is list:
+                    raise self._fail(f"an array as a map key is not allowed{_ARRAY_KEYS_WHY}")
+                raise self._fail(f"map key of type {kind.__name__} is not allowed")
+        if predictable:
+            self._key_cost += predictable * predictable
+            if self._key_cost > MAX_PREDICTABLE_KEY_COST:
+                raise self._fail(
+                    f"int/float map keys over the frame's budget ({_KEY_BUDGET_TEXT}): "
+                    "their hashes are predictable, so building the dicts could cost "
+                    "quadratic time"
+                )
 
     def _hashable(self, key: Any) -> Any:
         """A key Python can hash: an array (a tuple when it was sent) becomes a tuple."""

@@ -1,15 +1,18 @@
 """Exceptions as data: what crosses the wire when a compartment raises, and back.
 
-Builtin types are re-created (OSErrors keep errno and filename); anything else becomes
-RemoteError. Either way the remote traceback is the ``__cause__``. Never pickled.
+Allowlisted builtin types are rebuilt from checked values (see ``_builtin_errors``;
+OSErrors keep errno and filename); anything else becomes RemoteError. Every text from
+the compartment is escaped and bounded, and the remote traceback is the ``__cause__``.
+Never pickled.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
 from typing import Any
 
+from ._builtin_errors import MAX_MESSAGE_CHARS, rebuild
+from ._text import printable, printable_lines
 from ._traceback import format_exception
 from .errors import ProtocolError, RemoteError
 
@@ -17,6 +20,8 @@ __all__ = ["MAX_TRACEBACK_CHARS", "RemoteTraceback", "decode_error", "encode_err
 
 MAX_TRACEBACK_CHARS = 64 * 1024
 MAX_TYPE_NAME_LENGTH = 256
+# What the parent keeps of a traceback: the child's cut, plus room for its marker.
+_MAX_TRACEBACK_SHOWN = MAX_TRACEBACK_CHARS + 64
 _MAX_ERROR_ARGS = 8
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
 
@@ -40,12 +45,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.text
-
-
-# Builtins whose re-creation would change control flow in the caller, not report a failure.
-_NEVER_RECREATED = frozenset(
-    {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "StopIteration", "StopAsyncIteration"}
-)
 
 
 def encode_error(exc: BaseException) -> dict[str, Any]:
@@ -80,42 +79,21 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
 def decode_error(payload: object, compartment: str) -> BaseException:
     """Rebuild an exception from :func:`encode_error`'s payload.
 
-    Builtin exception types come back as themselves (so ``except ValueError`` works);
-    everything else becomes :class:`~compartments.errors.RemoteError`. Either way the
-    remote traceback is attached as ``__cause__``.
+    Allowlisted builtin types come back as themselves, from checked arguments (so
+    ``except ValueError`` works); everything else becomes
+    :class:`~compartments.errors.RemoteError`. Every text is escaped and bounded, and
+    the remote traceback is attached as ``__cause__``.
     """
     fields = _validated_error(payload, compartment)
-    type_name, message, traceback_text = fields["type"], fields["message"], fields["traceback"]
-    error = _recreate_builtin(fields) if fields.get("builtin") else None
+    message = printable(fields["message"], MAX_MESSAGE_CHARS)
+    traceback_text = printable_lines(fields["traceback"], _MAX_TRACEBACK_SHOWN)
+    error = rebuild(fields, message) if fields.get("builtin") is True else None
     if error is None:
-        error = RemoteError(type_name, message, traceback_text)
-    cause = f'\n"""\nTraceback in compartment `{compartment}`:\n{traceback_text}"""'
+        error = RemoteError(printable(fields["type"]), message, traceback_text)
+    where = printable(compartment)
+    cause = f'\n"""\nTraceback in compartment `{where}`:\n{traceback_text}"""'
     error.__cause__ = RemoteTraceback(cause)
     return error
-
-
-def _recreate_builtin(fields: Mapping[str, Any]) -> BaseException | None:
-    name = fields["type"]
-    cls = getattr(builtins, name, None) if name not in _NEVER_RECREATED else None
-    if not isinstance(cls, type) or not issubclass(cls, Exception):
-        return None
-    if issubclass(cls, getattr(builtins, "BaseExceptionGroup", ())):
-        return None
-    attempts: list[tuple[Any, ...]] = []
-    if issubclass(cls, OSError) and fields.get("errno") is not None:
-        oserror_args = (fields["errno"], fields.get("strerror"), fields.get("filename"))
-        attempts.append((*oserror_args, None, fields.get("filename2")))
-    if "args" in fields:
-        attempts.append(tuple(fields["args"]))
-    attempts.append((fields["message"],))
-    for args in attempts:
-        try:
-            error = cls(*args)
-        except Exception:
-            continue
-        if type(error) is cls:
-            return error
-    return None
 
 
 _OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {

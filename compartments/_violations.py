@@ -179,7 +179,9 @@ def _sockaddr(memory: _Memory, address: int, length: int) -> str:
         return f"[{ipaddress.IPv6Address(raw[8:24])}]:{port}"
     if family == socket.AF_UNIX:
         name = raw[2:]
-        return repr(name.split(b"\0", 1)[0].decode(errors="replace") or name[:40])
+        if name[:1] == b"\0":  # abstract: shown as `@name`, as ss and strace do
+            return "@" + _quoted(name[1:].decode(errors="replace"))
+        return _quoted(name.split(b"\0", 1)[0].decode(errors="replace"))
     return _FAMILIES.get(family, str(family))
 
 
@@ -190,7 +192,7 @@ def decode(syscall: str, args: Sequence[int], memory: _Memory | None) -> tuple[s
     index = _PATH_ARG.get(syscall)
     if index is not None and memory is not None:
         path = memory.string(args[index])
-    quoted = f'"{path}"' if path is not None else "?"
+    quoted = _quoted(path) if path is not None else "?"
     if syscall in ("open", "creat"):
         flags = args[1] if syscall == "open" else os.O_CREAT | os.O_WRONLY | os.O_TRUNC
         return f"{syscall}({quoted}, {open_flags(flags)})", path
@@ -213,6 +215,13 @@ def decode(syscall: str, args: Sequence[int], memory: _Memory | None) -> tuple[s
     if syscall in _FD_FIRST:
         return f"{syscall}({_signed(args[0])}, ...)", None
     return f"{syscall}({', '.join(hex(a) for a in args[:3])}, ...)", None
+
+
+def _quoted(text: str) -> str:
+    """``text`` from the compartment's memory in double quotes, as strace shows it:
+    quotes and backslashes escaped, controls as escapes, so it cannot fake the rest of
+    the line nor reach a log or a terminal raw."""
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 _FD_FIRST = frozenset({
@@ -643,9 +652,9 @@ def monitor() -> ViolationMonitor:
 
 
 def log_violation(violation: Violation) -> None:
-    log.warning(
-        "compartment `%s` (pid %d) was denied %s; %s",
-        violation.compartment, violation.pid, violation.decoded, violation.suggestion,
+    log.warning(  # each part is escaped already; printable again costs nothing and is sure
+        "compartment `%s` (pid %d) was denied %s; %s", printable(violation.compartment),
+        violation.pid, printable(violation.decoded), printable(violation.suggestion),
     )  # fmt: skip
 
 
@@ -740,5 +749,5 @@ def _report_fallback(reason: str) -> None:
         _fallback_reported = True
         log.warning(
             "seccomp user notification is unavailable (%s): denied syscalls are plain "
-            "EPERM, without violation reports", reason or "unknown reason",
+            "EPERM, without violation reports", printable(reason, 200) or "unknown reason",
         )  # fmt: skip

@@ -6,6 +6,8 @@ Each class also subclasses the builtin that a generic handler would reach for, s
 
 from __future__ import annotations
 
+from ._text import printable, printable_lines
+
 __all__ = [
     "CallTimeout",
     "CompartmentClosed",
@@ -85,9 +87,10 @@ class PolicyViolation(CompartmentsError, PermissionError):
         self.compartment = compartment
         self.suggestion = suggestion
         self.decoded = decoded
-        call = decoded or f"syscall `{syscall}`"
-        text = f"compartment `{compartment}` was denied {call}" + (
-            f"; {suggestion}" if suggestion else ""
+        # `decoded` quotes what the compartment passed (a path from its memory).
+        call = printable(decoded) if decoded else f"syscall `{printable(syscall)}`"
+        text = f"compartment `{printable(compartment)}` was denied {call}" + (
+            f"; {printable(suggestion)}" if suggestion else ""
         )
         PermissionError.__init__(self, 1, text)
         # `.args` names the syscall's arguments here, as the violation report promises.
@@ -106,8 +109,12 @@ class PolicyViolation(CompartmentsError, PermissionError):
 class ProtocolError(CompartmentsError, ConnectionError):
     """A compartment sent a frame that is malformed, oversized or out of protocol.
 
-    The compartment is closed; the parent carries on.
+    The compartment is closed; the parent carries on. The message may quote what it
+    sent, so it is kept escaped.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
 
 
 class CompartmentCrashed(CompartmentsError, ChildProcessError):
@@ -115,8 +122,8 @@ class CompartmentCrashed(CompartmentsError, ChildProcessError):
 
     def __init__(self, compartment: str, reason: str) -> None:
         self.compartment = compartment
-        self.reason = reason
-        super().__init__(f"compartment `{compartment}` crashed: {reason}")
+        self.reason = printable(reason)
+        super().__init__(f"compartment `{printable(compartment)}` crashed: {self.reason}")
 
 
 class CompartmentClosed(CompartmentsError, RuntimeError):
@@ -136,10 +143,15 @@ class CallTimeout(CompartmentsError, TimeoutError):
 
 
 class RemoteError(CompartmentsError):
-    """An exception of a non-builtin type raised inside a compartment."""
+    """An exception raised inside a compartment that is not rebuilt as itself: a
+    non-builtin type, or a builtin whose values did not pass the checks.
+
+    Its texts come from the compartment, so they are kept escaped (one line each; the
+    traceback keeps its newlines).
+    """
 
     def __init__(self, remote_type: str, message: str, remote_traceback: str = "") -> None:
-        self.remote_type = remote_type
-        self.message = message
-        self.remote_traceback = remote_traceback
-        super().__init__(f"{remote_type}: {message}")
+        self.remote_type = printable(remote_type)
+        self.message = printable(message)
+        self.remote_traceback = printable_lines(remote_traceback)
+        super().__init__(f"{self.remote_type}: {self.message}")

@@ -688,6 +688,19 @@ def test_create_connection_works_after_the_seal_without_lazy_imports() -> None:
         assert connect_by_name_lookup_free(server.getsockname()[1]) is True
 
 
-def test_a_dict_with_tuple_keys_crosses_as_itself() -> None:
+@compartment(rules=[SystemIO.nothing()])
+def tuple_keys_of(value: dict[Any, Any]) -> list[Any]:
+    return [list(key) if isinstance(key, tuple) else key for key in value]
+
+
+def test_a_dict_with_tuple_keys_crosses_to_a_compartment_as_itself() -> None:
     value = {(1, "a"): [1], ("nested", (2, 3)): None}
-    assert describe_value(value) == ["dict", value]
+    assert tuple_keys_of(value) == [[1, "a"], ["nested", [2, 3]]]
+
+
+def test_a_dict_with_tuple_keys_returned_is_a_type_error_naming_the_key() -> None:
+    value = {(1, "a"): [1]}
+    expected = r"at `result\[1\]`, a dict key of type tuple \(\(1, 'a'\)\)"
+    with pytest.raises(TypeError, match=expected):
+        describe_value(value)
+    assert describe_value({"a": 1}) == ["dict", {"a": 1}]  # the compartment lives on

@@ -366,17 +366,56 @@ def test_a_map_as_a_map_key_is_a_protocol_error() -> None:
         FrameDecoder().feed(b"\x94\x00\x01\xa1m\x91\x81\x80\x01")
 
 
-def test_a_map_inside_an_array_key_is_a_protocol_error() -> None:
+def test_a_map_inside_an_array_key_from_the_parent_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="map key of type dict"):
-        FrameDecoder().feed(b"\x94\x00\x01\xa1m\x91\x81\x92\x01\x80\x01")
+        FrameDecoder(from_parent=True).feed(b"\x94\x00\x01\xa1m\x91\x81\x92\x01\x80\x01")
 
 
-def test_tuple_keys_arrive_as_tuples() -> None:
+def test_tuple_keys_from_the_parent_arrive_as_tuples() -> None:
     value = {(1, "a", (2, b"x")): 5, (): 6, "plain": 7}
     data, _ = encode_request(1, "m", [value])
-    decoder = FrameDecoder()
+    decoder = FrameDecoder(from_parent=True)
     decoder.feed(data)
     assert decoder.next_message() == Request(1, "m", [value])
+
+
+def test_tuple_keys_from_a_compartment_are_a_protocol_error() -> None:
+    data, _ = encode_request(1, "m", [{(1, 2): 3}])
+    with pytest.raises(ProtocolError, match="an array as a map key is not allowed"):
+        FrameDecoder().feed(data)
+
+
+def _int_keyed_reply(count: int) -> bytes:
+    return msgpack.packb([1, 1, None, dict.fromkeys(range(count), 0)])
+
+
+@pytest.mark.parametrize("chunk", [None, 100], ids=["whole", "streamed"])
+def test_a_compartment_may_send_one_map_of_4096_int_keys_per_frame(chunk: int | None) -> None:
+    decoder = FrameDecoder()
+    frame = _int_keyed_reply(4096)
+    for _ in range(2):  # the budget is per frame
+        for start in range(0, len(frame), chunk or len(frame)):
+            decoder.feed(frame[start : start + (chunk or len(frame))])
+        message = decoder.next_message()
+        assert message is not None and len(message.result) == 4096
+
+
+def test_a_frame_over_the_int_key_budget_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="int/float map keys over the frame's budget"):
+        FrameDecoder().feed(_int_keyed_reply(4097))
+
+
+def test_the_int_key_budget_counts_every_map_of_the_frame() -> None:
+    maps = [dict.fromkeys(range(2048), 0)] * 4  # 4 * 2048**2 is the budget exactly
+    FrameDecoder().feed(msgpack.packb([1, 1, None, maps]))
+    with pytest.raises(ProtocolError, match="budget"):
+        FrameDecoder().feed(msgpack.packb([1, 1, None, [*maps, {0.5: 1}]]))
+
+
+def test_the_parent_may_send_any_number_of_int_keys() -> None:
+    decoder = FrameDecoder(from_parent=True)
+    decoder.feed(msgpack.packb([0, 1, "m", [dict.fromkeys(range(100_000), 0)]]))
+    assert decoder.next_message() is not None
 
 
 def test_a_broken_decoder_stays_broken() -> None:
@@ -461,6 +500,33 @@ def test_a_file_not_found_error_keeps_errno_and_filename() -> None:
     assert (error.errno, error.filename) == (errno.ENOENT, "/etc/nope")
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [
+        UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"),
+        UnicodeEncodeError("ascii", "caf\xe9", 3, 4, "ordinal not in range(128)"),
+        UnicodeTranslateError("abc", 0, 2, "no mapping"),
+        PermissionError(errno.EPERM, "Operation not permitted", "/etc/shadow"),
+        BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"),
+        SyntaxError("invalid syntax", ("f.py", 1, 2, "x y", 1, 3)),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_a_checked_builtin_comes_back_as_itself(sent: BaseException) -> None:
+    error = decode_error(encode_error(sent), "c")
+    assert type(error) is type(sent)
+    if not isinstance(sent, SyntaxError):  # rebuilt from its message, without location
+        assert str(error) == str(sent) and error.args == sent.args
+
+
+def test_a_unicode_error_with_a_range_outside_its_object_becomes_remote_error() -> None:
+    args = ["utf-8", b"\xff", -(2**60), -(2**60) + 1, "bad"]
+    payload = {"type": "UnicodeDecodeError", "message": "x", "traceback": "", "builtin": True,
+               "args": args}  # fmt: skip
+    error = decode_error(payload, "c")
+    assert isinstance(error, RemoteError) and error.remote_type == "UnicodeDecodeError"
+
+
 def test_a_key_error_keeps_its_key() -> None:
     error = decode_error(encode_error(KeyError("user")), "db")
     assert type(error) is KeyError and error.args == ("user",)
@@ -479,7 +545,11 @@ def test_a_custom_exception_becomes_remote_error() -> None:
     assert isinstance(error.__cause__, RemoteTraceback)
 
 
-@pytest.mark.parametrize("name", ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "len"])
+@pytest.mark.parametrize(
+    "name",
+    ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "len", "StopIteration", "ExceptionGroup",
+     "BaseExceptionGroup", "StopAsyncIteration", "object", "type"],
+)  # fmt: skip
 def test_control_flow_and_non_exception_builtins_become_remote_error(name: str) -> None:
     payload = {"type": name, "message": "x", "traceback": "", "builtin": True}
     assert isinstance(decode_error(payload, "c"), RemoteError)
