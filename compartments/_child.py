@@ -159,6 +159,10 @@ class PeerProxy:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             sent, named, _ = _largebytes.offload(args, kwargs, memfds=False)
+            # The peer decodes us as hostile: refuse here what would make it drop the line.
+            _wire.check_keys_from_compartment(
+                [sent, named], f"call `{method}` to peer `{self._name}`", "params"
+            )
             try:
                 return self._connection.call(method, [sent, named], timeout=self._timeout)
             except CallTimeout:

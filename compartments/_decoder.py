@@ -435,7 +435,11 @@ class FrameDecoder:
         From an untrusted stream, array keys are refused and keys whose hash the sender
         can predict are charged ``m**2`` per map of ``m`` of them, against a per-frame
         budget (see ``_wire.PREDICTABLE_KEY_TYPES``); the trusted parent may send any.
+        msgpack's pure-Python build before 1.2.4 hands the hook a generator: consumed
+        once by the checks below, it would leave every map empty.
         """
+        if type(pairs) is not list:
+            pairs = list(pairs)
         if self._from_parent:
             for key, _ in pairs:
                 if type(key) not in _KEY_TYPES:

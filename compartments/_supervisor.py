@@ -38,7 +38,10 @@ __all__ = [
 ]
 
 #: Environment variables a compartment may see; everything else (tokens, keys) stays out.
-ENV_ALLOWLIST = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR"})
+ENV_ALLOWLIST = frozenset(
+    # MSGPACK_PUREPYTHON: the compartments decode with the same msgpack build as the parent.
+    {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "MSGPACK_PUREPYTHON"}
+)
 START_TIMEOUT = 30.0
 _BOOT = (
     "import sys, json; sys.path[:0] = json.loads(sys.argv[2])['path']; "

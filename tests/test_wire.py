@@ -737,3 +737,11 @@ def test_the_seal_used_above_kills_the_stdlib_formatter() -> None:
 
     status, _ = run_sealed(action, "kill")
     assert os.WIFSIGNALED(status)
+
+
+def test_a_map_handed_over_as_a_generator_keeps_its_items() -> None:
+    """msgpack's pure-Python build before 1.2.4 gives object_pairs_hook a generator."""
+    for from_parent in (True, False):
+        decoder = FrameDecoder(from_parent=from_parent)
+        pairs = ((key, value) for key, value in [("a", 1), (2, "b")])
+        assert decoder._checked_map(pairs) == {"a": 1, 2: "b"}  # type: ignore[arg-type]

@@ -164,6 +164,14 @@ def test_a_peer_call_to_a_peer_that_never_answers_times_out() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_peer_call_with_keys_the_peer_would_refuse_is_a_type_error_and_the_line_lives() -> None:
+    with Sibling() as caller, Sibling() as callee:
+        caller.take(callee)
+        assert caller.ask("echo", {(1, 2): "tuple key"}) == "TypeError"
+        assert caller.ask("echo", "still there") == "'still there'"
+
+
+@pytest.mark.timeout(60)
 def test_a_peer_that_starts_an_answer_and_never_ends_it_times_out() -> None:
     with Sibling() as sibling, PeerAttacker() as attacker:
         sibling.take(attacker)
