@@ -29,7 +29,7 @@ from ._violations import (
     Violation,
     builtin_grants,
     grants_allowing,
-    grants_with_conditions_on,
+    raw_advice_widens,
 )
 from .errors import RuleConflictError
 
@@ -65,7 +65,7 @@ def learn_policy(observed: Iterable[Violation]) -> LearnedPolicy:
     chosen = _cover(calls)
     chosen = _without_conflicts(chosen, calls)
     uncovered = [c for c in calls if not any(g.covers(c.syscall, c.args) for g in chosen)]
-    raw = sorted({c.syscall for c in uncovered if not grants_with_conditions_on(c.syscall)})
+    raw = sorted({c.syscall for c in uncovered if not raw_advice_widens(c.syscall)})
     denied = [c for c in uncovered if c.syscall not in raw]
     code = _render(chosen, raw, denied, calls)
     return LearnedPolicy(tuple(_rulesets(chosen, raw)), code, tuple(c.decoded for c in calls))

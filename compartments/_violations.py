@@ -396,6 +396,9 @@ def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, t
     if syscall == "socket":
         never = "netlink, packet, AF_ALG and raw sockets are never granted"
         return f"no builtin RuleSet allows this kind of socket ({never}); a custom RuleSet can", ()
+    base = _base_condition_hint(syscall, args)
+    if base is not None:
+        return base, ()
     conditional = grants_with_conditions_on(syscall)
     if conditional:
         names = " or ".join(sorted({g.code for g in conditional})[:3])
@@ -409,6 +412,44 @@ def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, t
         f"no builtin RuleSet allows this call; if the job really needs `{syscall}`, "
         f'enable it by name (rules=[..., "{syscall}"]) or with a custom RuleSet',
         (),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _base_conditioned() -> dict[str, str]:
+    """syscall -> the always-enabled set that allows it only under conditions."""
+    from .rulesets import BasicCapabilities, CPythonRuntime
+    from .rulesets.runtime import ChannelRuntime
+
+    found: dict[str, str] = {}
+    for base in (BasicCapabilities(), CPythonRuntime(), ChannelRuntime()):
+        for syscall in base.conditional_rules():
+            found.setdefault(syscall, base.name)
+    return found
+
+
+def raw_advice_widens(syscall: str) -> bool:
+    """Naming ``syscall`` would lift conditions a builtin or the base set puts on it."""
+    return bool(grants_with_conditions_on(syscall)) or syscall in _base_conditioned()
+
+
+def _base_condition_hint(syscall: str, args: Sequence[int]) -> str | None:
+    """Advice for a call the always-enabled sets allow only under conditions: naming the
+    syscall would lift those conditions, so that is never what is suggested."""
+    if syscall == "mmap":
+        return (
+            "a shared mapping of a file is refused, since it writes through whatever the "
+            "fd was opened with and mprotect cannot be checked; map it MAP_PRIVATE, or "
+            "grant this one fd with "
+            f"SystemIO.nothing().allow_shared_mapping({_signed(args[4])})"
+        )
+    base = _base_conditioned().get(syscall)
+    if base is None:
+        return None
+    return (
+        f"`{syscall}` is allowed only under the conditions of the always-enabled {base} "
+        "set, which this call does not meet; enabling it by name would lift them, so no "
+        "RuleSet is suggested"
     )
 
 

@@ -127,3 +127,29 @@ class FollowsAdvice:
             return -(exc.errno or 1)
         server.close()
         return 0
+
+
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]  # fmt: skip
+_PROT_READ_WRITE, _MAP_SHARED = 0x3, 0x1
+
+
+@compartment(rules=lambda self: [SystemIO.nothing().allow_file_read(self.file), *self.extra])
+class MapsAFileShared:
+    """Holds a file opened r+b, granted read only, and tries to map it shared."""
+
+    def __init__(self, path: str, shared_grant: bool = False) -> None:
+        self.file = open(path, "r+b")
+        grant = SystemIO.nothing().allow_shared_mapping(self.file)
+        self.extra = [grant] if shared_grant else []
+
+    def fd(self) -> int:
+        return self.file.fileno()
+
+    def map_shared(self) -> int:
+        """0 if the shared writable mapping was made, else the errno."""
+        address = _libc.mmap(None, 4096, _PROT_READ_WRITE, _MAP_SHARED, self.file.fileno(), 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            return ctypes.get_errno()
+        return 0

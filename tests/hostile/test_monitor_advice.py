@@ -176,3 +176,18 @@ def test_the_nscd_probe_is_never_advised_a_server_grant() -> None:
     flags = 1 | os.O_CLOEXEC | os.O_NONBLOCK  # SOCK_STREAM|SOCK_CLOEXEC|SOCK_NONBLOCK
     _, codes = suggest("socket", [1, flags, 0, 0, 0, 0], None)
     assert not any("servers" in c for c in codes)
+
+
+@pytest.mark.timeout(60)
+def test_advice_for_a_shared_file_mapping_names_that_fd_never_raw_mmap(tmp_path: Path) -> None:
+    target = tmp_path / "data"
+    target.write_bytes(b"x" * 4096)
+    with attacks.MapsAFileShared(str(target)) as mapper:
+        assert mapper.map_shared() == errno.EPERM
+        violation = next(v for v in mapper.violations if v.syscall == "mmap")
+        fd = mapper.fd()
+    assert f"allow_shared_mapping({fd})" in violation.suggestion
+    assert _RAW.search(violation.suggestion) is None
+    assert violation.allowed_by == ()
+    with attacks.MapsAFileShared(str(target), shared_grant=True) as followed:
+        assert followed.map_shared() == 0  # the advice, followed, grants that fd and no more
