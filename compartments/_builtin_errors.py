@@ -102,28 +102,26 @@ def _oserror(
     return cls(number, strerror)
 
 
-def _unicode_decode(
-    cls: type[BaseException], fields: Mapping[str, Any], message: str
-) -> BaseException | None:
-    args = _shaped(fields.get("args"), (str, bytes, int, int, str))
-    if args is None:
-        return None
-    encoding, obj, start, end, reason = args
-    if not (_encoding_ok(encoding) and 0 <= start < end <= len(obj)):
-        return None
-    return cls(encoding, obj, start, end, printable(reason, _MAX_SHORT_TEXT))
+def _unicode_coding(object_type: type) -> Builder:
+    """UnicodeDecodeError (of bytes) and UnicodeEncodeError (of a str): the range must lie
+    within the object, or ``str()`` reads outside it (gh-123378)."""
+
+    def build(
+        cls: type[BaseException], fields: Mapping[str, Any], message: str
+    ) -> BaseException | None:
+        args = _shaped(fields.get("args"), (str, object_type, int, int, str))
+        if args is None:
+            return None
+        encoding, obj, start, end, reason = args
+        if not (_encoding_ok(encoding) and 0 <= start < end <= len(obj)):
+            return None
+        return cls(encoding, obj, start, end, printable(reason, _MAX_SHORT_TEXT))
+
+    return build
 
 
-def _unicode_encode(
-    cls: type[BaseException], fields: Mapping[str, Any], message: str
-) -> BaseException | None:
-    args = _shaped(fields.get("args"), (str, str, int, int, str))
-    if args is None:
-        return None
-    encoding, obj, start, end, reason = args
-    if not (_encoding_ok(encoding) and 0 <= start < end <= len(obj)):
-        return None
-    return cls(encoding, obj, start, end, printable(reason, _MAX_SHORT_TEXT))
+_unicode_decode = _unicode_coding(bytes)
+_unicode_encode = _unicode_coding(str)
 
 
 def _unicode_translate(
