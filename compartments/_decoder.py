@@ -60,6 +60,23 @@ _ARRAY_KEYS_WHY = (
 _KEY_BUDGET_TEXT = f"a map of {math.isqrt(MAX_PREDICTABLE_KEY_COST)} or many smaller ones"
 
 
+#: msgpack's pure-Python Unpacker re-parses a partial top-level object from its start
+#: whenever more bytes arrive, calling the hooks again for what it had already seen.
+_REPARSES = msgpack.Unpacker.__module__.endswith("fallback")
+
+
+class _Ext:
+    """An extension seen while parsing, acted on only once its frame's head is complete:
+    claiming fds and allocating trailing bytes must happen once, in wire order, and a
+    parser that starts over (msgpack's pure-Python build) would do them twice."""
+
+    __slots__ = ("code", "payload")
+
+    def __init__(self, code: int, payload: bytes) -> None:
+        self.code = code
+        self.payload = payload
+
+
 class _FdBatch:
     """Fds that arrived with the bytes at stream offsets [start, end)."""
 
@@ -156,6 +173,7 @@ class FrameDecoder:
         #: The unfilled rest of the trailing bytes now due, or None between frames.
         self.trailing_target: memoryview | None = None
         self._broken: str | None = None
+        self._extensions = False  # the frame being parsed holds an _Ext to act on
 
     # ------------------------------------------------------------- public API
 
@@ -271,8 +289,14 @@ class FrameDecoder:
             raise self._fail(f"buffer overflow ({exc})") from None
         self._fed += len(data)
         self._unpacker_fed += len(data)
+        if _REPARSES:
+            self._key_cost = 0  # the partial frame's maps are charged again as re-parsed
         try:
             for obj in unpacker:
+                if self._extensions:
+                    self._extensions = False
+                    if type(obj) is list:
+                        self._act_on_extensions(obj)
                 message = self._as_message(obj)
                 if self._trailers:
                     self._await_trailers(message)
@@ -447,11 +471,7 @@ class FrameDecoder:
                     break
         else:
             self._charge_keys(pairs)
-        if self._trailers:  # hashing unfilled bytes would cache a hash of garbage
-            unfilled = {id(data) for data, _ in self._trailers}
-            if any(_holds(key, unfilled) for key, _ in pairs):
-                raise self._fail("trailing bytes used as a map key")
-        return dict(pairs)
+        return dict(pairs)  # an extension as a key is an _Ext: refused by its type above
 
     def _charge_keys(self, pairs: list[tuple[Any, Any]]) -> None:
         predictable = 0
@@ -462,7 +482,7 @@ class FrameDecoder:
             elif kind not in _KEY_TYPES:
                 if kind is list:
                     raise self._fail(f"an array as a map key is not allowed{_ARRAY_KEYS_WHY}")
-                raise self._fail(f"map key of type {kind.__name__} is not allowed")
+                raise self._fail(_bad_key(kind))
         if predictable:
             self._key_cost += predictable * predictable
             if self._key_cost > MAX_PREDICTABLE_KEY_COST:
@@ -478,35 +498,66 @@ class FrameDecoder:
             return key
         if type(key) is list:
             return tuple([self._hashable(item) for item in key])
-        raise self._fail(f"map key of type {type(key).__name__} is not allowed")
+        raise self._fail(_bad_key(type(key)))
 
     def _decode_ext(self, code: int, payload: bytes) -> object:
+        """Check an extension's shape now; act on it in :meth:`_act_on_extensions`."""
         if code == EXT_TRAILING:
-            return self._trailing_bytes(payload)
-        if code == EXT_FD:
+            if len(payload) != _TRAILING.size:
+                raise self._fail(f"trailing-bytes extension of {len(payload)} bytes")
+        elif code == EXT_FD:
             if len(payload) != _FD_INDEX.size:
                 raise self._fail(f"Fd extension of {len(payload)} bytes")
-            return self._claim_fd(_FD_INDEX.unpack(payload)[0])
-        if code == EXT_PEER:
+        elif code == EXT_PEER:
             if not self._from_parent:
                 raise self._fail("a PeerRef; only the parent may hand out direct lines")
             if len(payload) <= _FD_INDEX.size:
                 raise self._fail("PeerRef extension without a name")
+        elif code == EXT_MEMFD:
+            if not self._from_parent:  # the others send trailing bytes; a device would block
+                raise self._fail("a memfd payload; only the parent may send them")
+            if len(payload) != _MEMFD.size:
+                raise self._fail(f"memfd extension of {len(payload)} bytes")
+        else:
+            raise self._fail(f"unknown extension type {code}")
+        self._extensions = True
+        return _Ext(code, payload)
+
+    def _act_on_extensions(self, root: list[Any]) -> None:
+        """Replace each _Ext in the complete frame by its value, in wire order (depth
+        first, map values in order: keys never hold one), without recursion."""
+        containers: list[Any] = [root]
+        pending: list[Iterator[tuple[Any, Any]]] = [iter(enumerate(root))]
+        while pending:
+            for slot, value in pending[-1]:
+                kind = type(value)
+                if kind is _Ext:
+                    containers[-1][slot] = self._realize(value)
+                elif kind is list or kind is dict:
+                    containers.append(value)
+                    pending.append(iter(enumerate(value) if kind is list else list(value.items())))
+                    break
+            else:
+                pending.pop()
+                containers.pop()
+
+    def _realize(self, ext: _Ext) -> object:
+        code, payload = ext.code, ext.payload
+        if code == EXT_TRAILING:
+            return self._trailing_bytes(payload)
+        if code == EXT_FD:
+            return self._claim_fd(_FD_INDEX.unpack(payload)[0])
+        if code == EXT_PEER:
             try:
                 name = payload[_FD_INDEX.size :].decode("utf-8")
             except UnicodeDecodeError:
                 raise self._fail("PeerRef name is not valid UTF-8") from None
             if len(name) > MAX_NAME_LENGTH:
                 raise self._fail(f"PeerRef name longer than {MAX_NAME_LENGTH} chars")
-            fd = self._claim_fd(_FD_INDEX.unpack_from(payload)[0])
-            return PeerRef(fd, name)
-        if code == EXT_MEMFD:
-            return self._large_bytes(payload)
-        raise self._fail(f"unknown extension type {code}")
+            return PeerRef(self._claim_fd(_FD_INDEX.unpack_from(payload)[0]), name)
+        return self._large_bytes(payload)
 
     def _trailing_bytes(self, payload: bytes) -> bytes:
-        if len(payload) != _TRAILING.size:
-            raise self._fail(f"trailing-bytes extension of {len(payload)} bytes")
         (size,) = _TRAILING.unpack(payload)
         if size < 2:  # the sender inlines small bytes; tiny ones would be shared objects
             raise self._fail(f"trailing bytes of {size} bytes")
@@ -518,10 +569,6 @@ class FrameDecoder:
         return data
 
     def _large_bytes(self, payload: bytes) -> bytes:
-        if not self._from_parent:  # the others send trailing bytes; a device fd would block
-            raise self._fail("a memfd payload; only the parent may send them")
-        if len(payload) != _MEMFD.size:
-            raise self._fail(f"memfd extension of {len(payload)} bytes")
         index, size = _MEMFD.unpack(payload)
         if size > self.max_message:
             raise self._fail(f"memfd payload of {size} bytes exceeds max_message")
@@ -575,8 +622,10 @@ def _hand_to_the_stream(code: int, payload: bytes) -> NoReturn:
     raise _NotAlone
 
 
-def _holds(key: Any, ids: set[int]) -> bool:
-    return id(key) in ids or (type(key) is tuple and any(_holds(item, ids) for item in key))
+def _bad_key(kind: type) -> str:
+    if kind is _Ext:  # hashing unfilled trailing bytes would cache a hash of garbage
+        return "an extension (trailing bytes, an Fd or a PeerRef) used as a map key"
+    return f"map key of type {kind.__name__} is not allowed"
 
 
 def _describe_unpack_error(exc: Exception) -> str:

@@ -172,7 +172,8 @@ def test_trailing_bytes_as_a_map_key_are_refused(nested: bool) -> None:
     ext = msgpack.ExtType(_wire.EXT_TRAILING, _wire._TRAILING.pack(BIG))
     key = (1, (ext,)) if nested else ext
     head = msgpack.packb([0, 1, "m", [{key: 1}]], use_bin_type=True)
-    with pytest.raises(ProtocolError, match="trailing bytes used as a map key"):
+    refused = r"trailing bytes, an Fd or a PeerRef\) used as a map key"
+    with pytest.raises(ProtocolError, match=refused):
         FrameDecoder(from_parent=nested).feed(head)  # only the parent may send tuple keys
 
 
