@@ -399,6 +399,13 @@ def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, t
     base = _base_condition_hint(syscall, args)
     if base is not None:
         return base, ()
+    if syscall in NEVER_ADVISED_RAW:
+        return (
+            f"`{syscall}` can act on other processes (the parent, the zygotes, siblings) "
+            "or lift the runtime's fd rules, so no RuleSet is suggested; a custom RuleSet "
+            "can allow it on the compartment itself, with a condition such as pid == 0",
+            (),
+        )
     conditional = grants_with_conditions_on(syscall)
     if conditional:
         names = " or ".join(sorted({g.code for g in conditional})[:3])
@@ -428,9 +435,31 @@ def _base_conditioned() -> dict[str, str]:
     return found
 
 
+#: Syscalls that reach other processes by pid (or, for dup/dup2, move an fd where the
+#: runtime's dup3 may not): enabled by name they would let a compartment kill, starve or
+#: read the parent, the zygotes or its siblings (prlimit64 with a 1 s CPU limit kills the
+#: parent). Ordinary code calls several on itself (getrlimit is prlimit64(0, ...)), so
+#: they are denied often and must never be advised by name.
+NEVER_ADVISED_RAW = frozenset({
+    "prlimit64", "setrlimit", "setpriority", "getpriority", "sched_setscheduler",
+    "sched_setparam", "sched_setattr", "sched_getscheduler", "sched_getparam",
+    "sched_getattr", "ioprio_set", "ioprio_get", "kill", "tkill", "tgkill",
+    "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal",
+    "pidfd_getfd", "process_vm_readv", "process_vm_writev", "process_madvise",
+    "process_mrelease", "migrate_pages", "move_pages", "kcmp", "ptrace", "waitid",
+    "dup", "dup2", "shmget", "shmat", "shmctl", "msgget", "msgsnd", "msgrcv", "semget",
+    "semop", "semctl",
+})  # fmt: skip
+
+
 def raw_advice_widens(syscall: str) -> bool:
-    """Naming ``syscall`` would lift conditions a builtin or the base set puts on it."""
-    return bool(grants_with_conditions_on(syscall)) or syscall in _base_conditioned()
+    """Naming ``syscall`` would lift conditions a builtin or the base set puts on it, or
+    reach beyond the compartment itself."""
+    return (
+        bool(grants_with_conditions_on(syscall))
+        or syscall in _base_conditioned()
+        or syscall in NEVER_ADVISED_RAW
+    )
 
 
 def _base_condition_hint(syscall: str, args: Sequence[int]) -> str | None:

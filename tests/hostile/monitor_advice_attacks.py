@@ -153,3 +153,17 @@ class MapsAFileShared:
         if address in (None, ctypes.c_void_p(-1).value):
             return ctypes.get_errno()
         return 0
+
+
+@compartment(rules=[SystemIO.nothing()])
+def acts_on_itself(what: str) -> None:
+    """Ordinary calls that reach the kernel with a pid (its own) or an fd to move."""
+    import resource
+
+    calls = {
+        "getrlimit": lambda: resource.getrlimit(resource.RLIMIT_NOFILE),  # prlimit64(0, ..)
+        "nice": lambda: os.nice(0),  # getpriority/setpriority
+        "sched_getscheduler": lambda: os.sched_getscheduler(0),
+        "dup2": lambda: os.dup2(1, 5),  # dup2: the runtime allows dup3 into its block only
+    }
+    calls[what]()

@@ -191,3 +191,18 @@ def test_advice_for_a_shared_file_mapping_names_that_fd_never_raw_mmap(tmp_path:
     assert violation.allowed_by == ()
     with attacks.MapsAFileShared(str(target), shared_grant=True) as followed:
         assert followed.map_shared() == 0  # the advice, followed, grants that fd and no more
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", ["getrlimit", "nice", "sched_getscheduler", "dup2"])
+def test_advice_never_names_a_syscall_that_reaches_other_processes(what: str) -> None:
+    """Followed, raw prlimit64 let a compartment set the parent's CPU limit and kill it."""
+    try:
+        with pytest.raises(PolicyViolation) as info:
+            attacks.acts_on_itself(what)
+        violation = attacks.acts_on_itself.violations[-1]
+    finally:
+        attacks.acts_on_itself.close()
+    assert _RAW.search(info.value.suggestion) is None, info.value.suggestion
+    assert violation.allowed_by == (), violation.suggestion
+    assert "act on other processes" in violation.suggestion
