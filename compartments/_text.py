@@ -10,14 +10,29 @@ from __future__ import annotations
 
 __all__ = ["printable", "printable_lines"]
 
-#: C0 and C1 controls, DEL, and the Unicode line separators and bidi controls.
-_UNSAFE = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029,
-           *range(0x202A, 0x202F), *range(0x2066, 0x206A)]  # fmt: skip
+#: Unicode's format characters (Cf: bidi controls, zero-width and invisible ones, tags)
+#: and line/paragraph separators (Zl, Zp), as of Unicode 14 (CPython 3.11); a test checks
+#: the running interpreter's tables against it.
+_FORMAT_RANGES = (
+    (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD),
+    (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180E, 0x180E),
+    (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD),
+    (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+)  # fmt: skip
+#: C0 and C1 controls, DEL, and the format characters above.
+_UNSAFE = [*range(0x20), 0x7F, *range(0x80, 0xA0),
+           *(c for first, last in _FORMAT_RANGES for c in range(first, last + 1))]  # fmt: skip
 _NAMED = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
 def _escape(code: int) -> str:
-    return _NAMED.get(code) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    if code in _NAMED:
+        return _NAMED[code]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 _TABLE = {code: _escape(code) for code in _UNSAFE}

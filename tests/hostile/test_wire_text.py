@@ -81,3 +81,20 @@ def test_a_multi_megabyte_message_arrives_bounded(forger: Any) -> None:
         forger.with_timeout(30).raise_value_error("A", repeat=8 * 2**20)
     assert len(str(info.value)) < 20 * 1024
     assert str(info.value).endswith("more characters]")
+
+
+@pytest.mark.parametrize(
+    "invisible",
+    ["\u200b", "\u061c", "\u2066", "\ufeff", "\U000e0041", "\u00ad"],
+    ids=["zero-width space", "arabic letter mark", "bidi isolate", "bom", "tag", "soft hyphen"],
+)
+def test_invisible_format_characters_in_a_message_arrive_escaped(
+    forger: Any, invisible: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        forger.raise_value_error(f"user{invisible}=admin")
+    code = ord(invisible)
+    width = "x02" if code < 0x100 else "u04" if code < 0x10000 else "U08"
+    escape = f"\\{width[0]}{code:{width[1:]}x}"
+    assert invisible not in str(info.value)
+    assert f"user{escape}=admin" in str(info.value)
