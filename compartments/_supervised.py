@@ -4,6 +4,7 @@ restarts, calls, brokered peer channels, and closing."""
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 import sys
 import threading
@@ -128,6 +129,7 @@ class Supervised:
         self._child: ChildProcess | None = None
         self._connection: Connection | None = None
         self._closed = False
+        self._forked_away = False
         self.restarts = 0
         self.generation = 0
         self.violations = ViolationLog(self.name, learn=definition.learn)
@@ -144,6 +146,11 @@ class Supervised:
             return conn
         with self._lock:
             if self._closed:
+                if self._forked_away:
+                    raise CompartmentClosed(
+                        f"compartment `{self.name}` belongs to the process this one was "
+                        "forked from; a forked process starts compartments of its own"
+                    )
                 raise CompartmentClosed(f"compartment `{self.name}` is closed")
             conn = self._connection
             if conn is not None and conn.failure is None:
@@ -215,6 +222,15 @@ class Supervised:
                 sock.close()
         self._child, self._connection = child, connection
         self.generation += 1
+
+    def forget_inherited(self) -> None:
+        """In a forked copy of the parent: this compartment is the parent's, not ours."""
+        self._lock = threading.RLock()
+        self._closed = True
+        self._forked_away = True
+        conn, self._connection, self._child = self._connection, None, None
+        if conn is not None:
+            conn.close()  # our copies of the fds only: the parent's line stays up
 
     def learned_policy(self) -> LearnedPolicy:
         return learn_policy(self.violations.observed)
@@ -340,6 +356,17 @@ def _broker_peers(
 
 
 _all_supervised: weakref.WeakSet[Supervised] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """A forked copy of the parent closes its copies of the parent's channels, unused:
+    sharing a channel would interleave two processes' frames."""
+    for supervised in list(_all_supervised):
+        supervised.forget_inherited()
+    _all_supervised.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def close_all() -> None:

@@ -230,6 +230,15 @@ class ChildProcess:
         self.killed_because = ""
         _live_children.add(self)
 
+    def forget(self) -> None:
+        """In a forked copy of the parent: this process is not ours to kill or reap."""
+        self._lock = threading.Lock()
+        if self._pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = -1
+        self._status = self._status or (-1, 0)
+
     def exited_within(self, seconds: float) -> bool:
         if self._pidfd < 0:
             return True
@@ -284,6 +293,20 @@ class ChildProcess:
 
 
 _live_children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """A forked copy of the parent must not kill, reap or talk to the parent's zygotes and
+    compartments (its exit would run ``_stop_everything`` on them): it drops its copies
+    of their handles, and what it starts later is its own."""
+    global _zygote, _zygote_lock
+    _zygote, _zygote_lock = None, threading.Lock()
+    for child in list(_live_children):
+        child.forget()
+    _live_children.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def new_connection(

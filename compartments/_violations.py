@@ -568,6 +568,13 @@ class ViolationMonitor:
         """The thread serving now (for tests and diagnostics)."""
         return self._thread
 
+    def close_inherited(self) -> None:
+        """Close this process's copies of the listener fds and the wake pipe."""
+        for fd in [*self._listeners, self._wake_r, self._wake_w]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._listeners.clear()
+
     def register(
         self, fd: int, compartment: str, sink: Sink, *, learn: bool = False
     ) -> _Listener:
@@ -711,6 +718,18 @@ class ViolationMonitor:
 
 _monitor: ViolationMonitor | None = None
 _monitor_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """A forked copy of the parent has no monitor thread, and must not answer the
+    parent's listeners (it would steal their reports): it closes its copies."""
+    global _monitor, _monitor_lock
+    inherited, _monitor, _monitor_lock = _monitor, None, threading.Lock()
+    if inherited is not None:
+        inherited.close_inherited()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def monitor() -> ViolationMonitor:
