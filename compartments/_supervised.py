@@ -274,7 +274,7 @@ class Supervised:
     ) -> Any:
         conn = self.connection()
         timeout = self.definition.timeout if timeout is None else timeout
-        args, kwargs, brokered = _broker_peers(self.name, args, kwargs)
+        args, kwargs, brokered = _broker_peers(self.name, args, kwargs, timeout)
         try:
             return send_call(
                 self.definition, method, args, kwargs,
@@ -329,9 +329,13 @@ def _check_arguments(
 
 
 def _broker_peers(
-    receiver: str, args: Sequence[Any], kwargs: dict[str, Any]
+    receiver: str, args: Sequence[Any], kwargs: dict[str, Any], timeout: float | None = None
 ) -> tuple[list[Any], dict[str, Any], list[socket.socket]]:
-    """Replace each compartment argument by a fresh direct channel to it."""
+    """Replace each compartment argument by a fresh direct channel to it.
+
+    Asking the target to take its end is bounded by the call's ``timeout`` (or the start
+    timeout), and a target that does not answer in time is killed like any stuck one.
+    """
     if not args and not kwargs:
         return [], kwargs, []
     if not any(isinstance(v, Remote) for v in (*args, *kwargs.values())):
@@ -344,15 +348,26 @@ def _broker_peers(
         target = value._supervised_instance()
         ours, theirs = stream_socketpair()  # urgent data inline: they cannot set it
         brokered.append(ours)
+        limit = START_TIMEOUT if timeout is None else min(timeout, START_TIMEOUT)
+        conn = target.connection()
         with theirs:
-            target.connection().call("$attach", [Fd(theirs), receiver], timeout=START_TIMEOUT)
+            try:
+                conn.call("$attach", [Fd(theirs), receiver], timeout=limit)
+            except CallTimeout:
+                target._kill_stuck(conn, "$attach", limit)
+                raise
         return PeerRef(Fd(ours), target.name)
 
-    return (
-        [direct_line(v) for v in args],
-        {k: direct_line(v) for k, v in kwargs.items()},
-        brokered,
-    )
+    try:
+        return (
+            [direct_line(v) for v in args],
+            {k: direct_line(v) for k, v in kwargs.items()},
+            brokered,
+        )
+    except BaseException:
+        for sock in brokered:  # the lines already brokered for this call are not used
+            sock.close()
+        raise
 
 
 _all_supervised: weakref.WeakSet[Supervised] = weakref.WeakSet()
