@@ -101,6 +101,13 @@ class FollowsAdvice:
             os._exit(0)
         return result
 
+    def fork_plainly(self) -> int:
+        """The child's pid (> 0) if clone made a plain new process."""
+        result = raw("clone", SIGCHLD, 0, 0, 0, 0)
+        if result == 0:
+            os._exit(0)
+        return result
+
     def clone_into_a_new_user_namespace(self) -> int:
         result = raw("clone", CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
         if result == 0:

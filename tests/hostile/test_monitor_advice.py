@@ -206,3 +206,18 @@ def test_advice_never_names_a_syscall_that_reaches_other_processes(what: str) ->
     assert _RAW.search(info.value.suggestion) is None, info.value.suggestion
     assert violation.allowed_by == (), violation.suggestion
     assert "act on other processes" in violation.suggestion
+
+
+@pytest.mark.timeout(60)
+def test_allow_fork_makes_processes_but_never_a_new_user_namespace() -> None:
+    """clone was unconditional under allow_fork, and advised for clone(CLONE_NEWUSER)."""
+    with attacks.FollowsAdvice(["ForkAndExec.allow_fork()"]) as forker:
+        assert forker.fork_plainly() > 0
+        assert forker.clone_into_a_new_user_namespace() == -errno.EPERM
+        assert forker.clone3_into_a_new_user_namespace() < 0
+
+
+def test_a_denied_clone_into_a_user_namespace_is_not_advised_allow_fork() -> None:
+    text, codes = suggest("clone", [attacks.CLONE_NEWUSER | attacks.SIGCHLD, 0, 0, 0, 0, 0], None)
+    assert codes == () and "conditions this call does not meet" in text
+    assert _RAW.search(text) is None
