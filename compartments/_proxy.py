@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -68,6 +69,10 @@ def _background() -> concurrent.futures.ThreadPoolExecutor:
         return _background_pool
 
 
+#: How often a thread waiting on another's settling of a Future checks its own deadline.
+_SETTLE_SLICE = 0.05
+
+
 class _PendingCall(concurrent.futures.Future[Any]):
     """A Future for a call already sent; waiting on it reads the channel."""
 
@@ -79,25 +84,40 @@ class _PendingCall(concurrent.futures.Future[Any]):
         self._settle_lock = threading.Lock()
 
     def _settle(self, timeout: float | None) -> None:
-        with self._settle_lock:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Another thread may be settling it: wait for that in slices, so our own timeout
+        # holds, and take over if that thread stops waiting first.
+        while not self._settle_lock.acquire(timeout=_SETTLE_SLICE):
             if self.done():
                 return
-            supervised, conn, pending, call_timeout = self._call_state
-            waiting_only = timeout is not None and (call_timeout is None or timeout < call_timeout)
-            try:
-                value = conn.wait(
-                    pending, "__call__", timeout if waiting_only else call_timeout,
-                    abandon_on_timeout=not waiting_only,
-                )  # fmt: skip
-            except CallTimeout as late:
-                if waiting_only:
-                    raise concurrent.futures.TimeoutError() from None
-                supervised._kill_stuck(conn, "__call__", call_timeout)
-                self.set_exception(late)
-            except BaseException as exc:
-                self.set_exception(exc)
-            else:
-                self.set_result(value)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise concurrent.futures.TimeoutError()
+        try:
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+            self._settle_holding_lock(timeout)
+        finally:
+            self._settle_lock.release()
+
+    def _settle_holding_lock(self, timeout: float | None) -> None:
+        if self.done():
+            return
+        supervised, conn, pending, call_timeout = self._call_state
+        waiting_only = timeout is not None and (call_timeout is None or timeout < call_timeout)
+        try:
+            value = conn.wait(
+                pending, "__call__", timeout if waiting_only else call_timeout,
+                abandon_on_timeout=not waiting_only,
+            )  # fmt: skip
+        except CallTimeout as late:
+            if waiting_only:
+                raise concurrent.futures.TimeoutError() from None
+            supervised._kill_stuck(conn, "__call__", call_timeout)
+            self.set_exception(late)
+        except BaseException as exc:
+            self.set_exception(exc)
+        else:
+            self.set_result(value)
 
     def result(self, timeout: float | None = None) -> Any:
         self._settle(timeout)

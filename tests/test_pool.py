@@ -256,3 +256,24 @@ def test_a_call_to_a_compartment_that_stops_reading_times_out_while_sending() ->
     assert time.monotonic() - started < 5
     with pytest.raises(CompartmentCrashed):  # the stuck child was killed, not waited for
         busy.result(timeout=5)
+
+
+@compartment(rules=[SystemIO.nothing()])
+def never_answers() -> None:
+    threading.Event().wait()
+
+
+@pytest.mark.timeout(30)
+def test_result_timeout_holds_while_another_thread_waits_on_the_same_future() -> None:
+    future = never_answers.submit()
+    holder = threading.Thread(target=lambda: future.exception(), daemon=True)
+    holder.start()
+    time.sleep(0.2)  # the holder is reading the channel for this Future now
+    try:
+        started = time.monotonic()
+        with pytest.raises(concurrent.futures.TimeoutError):
+            future.result(timeout=0.5)
+        assert time.monotonic() - started < 3.0
+    finally:
+        never_answers.close()
+        holder.join(10)
