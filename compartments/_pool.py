@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import _wire
 from ._proxy import CompartmentFunction
-from ._supervised import Definition, RestartPolicy, Supervised
+from ._supervised import SPENT_GRACE, Definition, RestartPolicy, Supervised
 
 __all__ = ["Pool", "WorkerSet"]
 
@@ -78,7 +78,7 @@ class WorkerSet:
         spent = self._workers[index]
         self._workers[index] = Supervised(self.definition, self._args, {})
         self._tasks[index] = 0
-        spent.close()
+        spent.close(SPENT_GRACE)
 
     @property
     def pids(self) -> list[int | None]:

@@ -18,6 +18,7 @@ from ._isolate import Isolate
 from ._learn import LearnedPolicy
 from ._supervised import (
     GRACE_PERIOD,
+    SPENT_GRACE,
     Definition,
     Remote,
     RestartPolicy,
@@ -173,7 +174,7 @@ class CompartmentFunction(Remote, Generic[P, R]):
             try:
                 return once.call(method, args, kwargs, self._timeout)
             finally:
-                once.close()
+                once.close(SPENT_GRACE)
         if self._definition.workers > 1:
             return self._workers().call(method, args, kwargs, self._timeout)
         return self._supervised_instance().call(method, args, kwargs, self._timeout)

@@ -27,6 +27,7 @@ from .errors import CallTimeout, CompartmentClosed, CompartmentCrashed
 __all__ = [
     "GRACE_PERIOD",
     "NEVER",
+    "SPENT_GRACE",
     "Definition",
     "Remote",
     "RestartPolicy",
@@ -40,6 +41,9 @@ __all__ = [
 T = TypeVar("T")
 
 GRACE_PERIOD = 2.0
+#: For a child that has served all it will serve (a spent Pool worker, a fresh=True call):
+#: time to flush its output, not to hold the caller's result past its timeout.
+SPENT_GRACE = 0.1
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,8 @@ class Supervised:
     def learned_policy(self) -> LearnedPolicy:
         return learn_policy(self.violations.observed)
 
-    def close(self) -> None:
+    def close(self, grace: float = GRACE_PERIOD) -> None:
+        """Stop the child: EOF, then SIGKILL if it has not exited within ``grace``."""
         with self._lock:
             if self._closed:
                 return
@@ -243,17 +248,17 @@ class Supervised:
             child, conn = self._child, self._connection
             self._child = self._connection = None
         try:
-            self._stop(child, conn)
+            self._stop(child, conn, grace)
         finally:
             if self.definition.learn and self.violations.observed:
                 print(f"# learned policy for compartment `{self.name}`:", file=sys.stderr)
                 print(self.learned_policy().code, file=sys.stderr)
 
-    def _stop(self, child: ChildProcess | None, conn: Connection | None) -> None:
+    def _stop(self, child: ChildProcess | None, conn: Connection | None, grace: float) -> None:
         if conn is not None:
             conn.channel.shutdown()
         if child is not None:
-            child.reap(GRACE_PERIOD)
+            child.reap(grace)
         self.violations.retire_listener()
         if conn is not None:
             conn.close()
