@@ -515,16 +515,15 @@ FLOOD_RATE = 100.0
 
 
 @dataclass
-class _Listener:
-    fd: int
-    compartment: str
-    learn: bool
-    sink: Sink
+class _Budget:
+    """A compartment's report budget (a token bucket). It belongs to the compartment's
+    name, not to one process: restarts, ``fresh=True`` calls and a Pool's fresh workers
+    share it, or each new process would bring a new burst."""
+
     tokens: float = field(default_factory=lambda: float(FLOOD_BURST))
     refilled: float = field(default_factory=time.monotonic)
 
     def spend(self) -> bool:
-        """Take one report from this compartment's budget (a token bucket)."""
         now = time.monotonic()
         self.tokens = min(float(FLOOD_BURST), self.tokens + (now - self.refilled) * FLOOD_RATE)
         self.refilled = now
@@ -532,6 +531,19 @@ class _Listener:
             return False
         self.tokens -= 1.0
         return True
+
+
+@dataclass
+class _Listener:
+    fd: int
+    compartment: str
+    learn: bool
+    sink: Sink
+    budget: _Budget = field(default_factory=_Budget)
+
+    def spend(self) -> bool:
+        """Take one report from this compartment's budget."""
+        return self.budget.spend()
 
 
 class ViolationMonitor:
@@ -557,6 +569,7 @@ class ViolationMonitor:
 
     def __init__(self) -> None:
         self._listeners: dict[int, _Listener] = {}
+        self._budgets: dict[str, _Budget] = {}
         self._retiring: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -579,7 +592,9 @@ class ViolationMonitor:
         self, fd: int, compartment: str, sink: Sink, *, learn: bool = False
     ) -> _Listener:
         """Take ownership of a listener fd; it is closed when its compartment is gone."""
-        listener = _Listener(fd, compartment, learn, sink)
+        with self._lock:
+            budget = self._budgets.setdefault(compartment, _Budget())
+        listener = _Listener(fd, compartment, learn, sink, budget)
         with self._lock:
             self._listeners[fd] = listener
         self.ensure_running()

@@ -148,3 +148,10 @@ def victim_open(path: str) -> None:
 def victim_socket() -> None:
     socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
 
+
+
+@compartment(rules=[SystemIO.nothing()], fresh=True)
+def fresh_flood(count: int) -> int:
+    """The same flood from a new process on every call: each one used to get a new budget."""
+    path = b"/etc/hostname"
+    return sum(raw("openat", AT_FDCWD, path, os.O_RDONLY) != 0 for _ in range(count))

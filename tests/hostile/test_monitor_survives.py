@@ -195,3 +195,19 @@ def test_a_monitor_that_died_without_restarting_itself_is_restarted_by_the_next_
         assert not dead.is_alive()
     assert_violations_still_reported(tmp_path)  # registering its listener restarts it
     assert monitor._thread is not dead and monitor._thread is not None
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_budget_is_shared_by_every_process_of_one_compartment(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fresh=True, restarts and a Pool's fresh workers are new processes of one compartment;
+    a budget per process let each bring a new burst of reports."""
+    monkeypatch.setattr(_violations, "FLOOD_BURST", 64)
+    started = time.monotonic()
+    for _ in range(4):
+        assert attacks.fresh_flood(500) == 500
+    elapsed = time.monotonic() - started
+    reports = [r for r in caplog.records if "fresh_flood" in r.getMessage()
+               and "was denied" in r.getMessage()]  # fmt: skip
+    assert len(reports) <= 64 + _violations.FLOOD_RATE * elapsed + 8, len(reports)
