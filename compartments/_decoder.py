@@ -132,8 +132,11 @@ class FrameDecoder:
         # PeerRefs and memfd payloads only make sense from the parent: a PeerRef takes a
         # channel slot, and a memfd is read with mmap (or pread, which blocks on a device).
         self._from_parent = from_parent
-        # Worst-case dict work spent on keys with predictable hashes in this frame.
+        # What the frame being parsed has announced so far, checked as the parser goes:
+        # worst-case dict work on keys with predictable hashes, trailing bytes, fd refs.
         self._key_cost = 0
+        self._announced_trailing = 0
+        self._fd_refs = 0
         limits = {
             "raw": False,
             "use_list": True,
@@ -290,7 +293,7 @@ class FrameDecoder:
         self._fed += len(data)
         self._unpacker_fed += len(data)
         if _REPARSES:
-            self._key_cost = 0  # the partial frame's maps are charged again as re-parsed
+            self._new_frame_budgets()  # the partial frame is charged again as it is re-parsed
         try:
             for obj in unpacker:
                 if self._extensions:
@@ -311,7 +314,7 @@ class FrameDecoder:
 
     def _as_message(self, obj: Any) -> Message:
         """Inline checks for well-formed messages; _reject explains the rest."""
-        self._key_cost = 0  # the frame is decoded: the next one has its own budget
+        self._new_frame_budgets()  # the frame is decoded: the next one has its own
         if type(obj) is list and len(obj) == 4:
             kind, msgid, third, fourth = obj
             if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
@@ -343,16 +346,19 @@ class FrameDecoder:
                 return message
         self._reject(obj)
 
+    def _new_frame_budgets(self) -> None:
+        self._key_cost = self._announced_trailing = self._fd_refs = 0
+
     def _decode_alone(self, data: bytes | bytearray | memoryview) -> bool:
         """The common case, cheaply: ``data`` is exactly one whole frame without fds or
         extensions. False (nothing consumed) when it is anything else."""
-        self._key_cost = 0
+        self._new_frame_budgets()
         try:
             obj = msgpack.unpackb(data, **self._alone_options)
         except ProtocolError:
             raise
         except Exception:  # extra or missing bytes, an extension: the stream decides
-            self._key_cost = 0  # the stream decodes these maps again
+            self._new_frame_budgets()  # the stream decodes these maps again
             return False
         message = self._as_message(obj)
         size = len(data)
@@ -505,6 +511,7 @@ class FrameDecoder:
         if code == EXT_TRAILING:
             if len(payload) != _TRAILING.size:
                 raise self._fail(f"trailing-bytes extension of {len(payload)} bytes")
+            self._announce_trailing(_TRAILING.unpack(payload)[0])
         elif code == EXT_FD:
             if len(payload) != _FD_INDEX.size:
                 raise self._fail(f"Fd extension of {len(payload)} bytes")
@@ -520,8 +527,23 @@ class FrameDecoder:
                 raise self._fail(f"memfd extension of {len(payload)} bytes")
         else:
             raise self._fail(f"unknown extension type {code}")
+        if code != EXT_TRAILING:
+            self._fd_refs += 1
+            if self._fd_refs > MAX_PENDING_FDS:  # the kernel delivers at most that many
+                raise self._fail(f"frame references more than {MAX_PENDING_FDS} fds")
         self._extensions = True
         return _Ext(code, payload)
+
+    def _announce_trailing(self, size: int) -> None:
+        """Refuse now, before the rest of the head is parsed, trailing bytes that could
+        never be accepted: tiny ones from a compartment, or more than max_message."""
+        # Honest senders inline anything smaller (tiny bytes would be shared objects). A
+        # compartment announcing tiny ones by the thousand costs ~1 KiB and 13 us each.
+        if size < (2 if self._from_parent else _largebytes.TRAILING_MIN):
+            raise self._fail(f"trailing bytes of {size} bytes")
+        self._announced_trailing += size
+        if self._announced_trailing > self.max_message:
+            raise self._fail(f"trailing bytes exceed max_message ({self.max_message} bytes)")
 
     def _act_on_extensions(self, root: list[Any]) -> None:
         """Replace each _Ext in the complete frame by its value, in wire order (depth
@@ -558,11 +580,7 @@ class FrameDecoder:
         return self._large_bytes(payload)
 
     def _trailing_bytes(self, payload: bytes) -> bytes:
-        (size,) = _TRAILING.unpack(payload)
-        # Honest senders inline anything smaller (tiny bytes would be shared objects). A
-        # compartment announcing tiny ones by the thousand costs ~1 KiB and 13 us each.
-        if size < (2 if self._from_parent else _largebytes.TRAILING_MIN):
-            raise self._fail(f"trailing bytes of {size} bytes")
+        (size,) = _TRAILING.unpack(payload)  # its size was checked as it was parsed
         self._trailing_total += size
         if self._trailing_total > self.max_message:
             raise self._fail(f"trailing bytes exceed max_message ({self.max_message} bytes)")
