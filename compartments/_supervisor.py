@@ -227,12 +227,14 @@ class ChildProcess:
         self._pidfd = os.pidfd_open(pid)
         self._status: tuple[int, int] | None = None
         self._lock = threading.Lock()
+        self._reap_lock = threading.Lock()
         self.killed_because = ""
         _live_children.add(self)
 
     def forget(self) -> None:
         """In a forked copy of the parent: this process is not ours to kill or reap."""
         self._lock = threading.Lock()
+        self._reap_lock = threading.Lock()
         if self._pidfd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
@@ -254,7 +256,14 @@ class ChildProcess:
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def reap(self, grace: float) -> tuple[int, int]:
-        """Wait up to ``grace`` for a voluntary exit, then kill; always collects the zombie."""
+        """Wait up to ``grace`` for a voluntary exit, then kill; always collects the zombie.
+
+        One reaper at a time: two callers failing at once (the reader and a sender) would
+        both ask the zygote, and the loser, finding the pid reaped, took it for SIGKILL."""
+        with self._reap_lock:
+            return self._reap(grace)
+
+    def _reap(self, grace: float) -> tuple[int, int]:
         if self._status is not None:
             return self._status
         if not self.exited_within(grace):

@@ -289,3 +289,39 @@ def test_threads_lose_no_reply_and_misroute_none(threads: int, calls: int) -> No
     assert all(len(outcome) == 1 for _, outcome in workers)  # an end time, no error
     assert misrouted == []
     assert answered == [calls] * threads
+
+
+class _ReapsOnce:
+    """A zygote stand-in: the first ``wait`` is slow and collects the status, later ones
+    find the pid already reaped, as the real zygote does."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.calls = 0
+
+    def reap(self, pid: int) -> tuple[int, int] | None:
+        self.calls += 1
+        if self.calls > 1:
+            raise ChildProcessError(f"pid {pid} is not a compartment of this zygote")
+        time.sleep(0.2)  # the other caller arrives meanwhile
+        _, status = os.waitpid(pid, 0)
+        return (-1, os.WTERMSIG(status))
+
+
+def test_two_callers_reaping_at_once_both_see_how_it_died() -> None:
+    """The reader and a sender fail together: the loser used to find the pid reaped and
+    report SIGKILL for a compartment that died of SIGSEGV."""
+    from compartments._supervisor import ChildProcess
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.kill(os.getpid(), signal.SIGSEGV)
+        os._exit(1)
+    child = ChildProcess("dies", pid, _ReapsOnce(pid))  # type: ignore[arg-type]
+    seen: list[tuple[int, int]] = []
+    threads = [threading.Thread(target=lambda: seen.append(child.reap(1.0))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == [(-1, signal.SIGSEGV)] * 2
