@@ -4,37 +4,16 @@ tiny trailing values, each announced by a 10-byte extension, beside many maps.""
 from __future__ import annotations
 
 import contextlib
-import socket
 import struct
-import sys
 import threading
 from typing import Any
 
 import msgpack
+from wire_attacks import _msgid_being_served as msgid_being_served
+from wire_attacks import _send_raw as send_raw
 
 from compartments import compartment
 from compartments.rulesets import SystemIO
-
-CHANNEL_FD = 64
-
-
-def send_raw(data: bytes, fd: int = CHANNEL_FD) -> None:
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
-    try:
-        raw.sendall(data)
-    finally:
-        raw.detach()
-
-
-def msgid_being_served() -> int:
-    frame = sys._getframe(1)
-    while frame is not None:
-        for name in ("request", "message"):
-            value = frame.f_locals.get(name)
-            if type(value).__name__ == "Request":
-                return int(value.msgid)
-        frame = frame.f_back
-    raise RuntimeError("no request on the stack")
 
 
 def _body(trailers: int, maps: int, size: int) -> tuple[bytes, bytes]:

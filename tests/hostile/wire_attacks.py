@@ -65,8 +65,8 @@ def int_keys_sharing_probe_paths(count: int) -> list[int]:
     return [i << 17 for i in range(1, count + 1)]
 
 
-def _send_raw(data: bytes) -> None:
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=CHANNEL_FD)
+def _send_raw(data: bytes, fd: int = CHANNEL_FD) -> None:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
     try:
         raw.sendall(data)
     finally:
