@@ -63,6 +63,15 @@ def _main_path() -> str | None:
     return os.path.abspath(path) if isinstance(path, str) and os.path.exists(path) else None
 
 
+def _control_connection(
+    parent_end: socket.socket, output: _output.Outputs, name: str, max_message: int
+) -> Connection:
+    """A zygote is running: its output pipes' write ends are its own now, and its control
+    socket becomes the parent's connection to it."""
+    output.close_write_ends()
+    return Connection(Channel(parent_end, name=name), name=name, max_message=max_message)
+
+
 class Zygote:
     """The base zygote: a clean pre-imported process that forks one zygote per module."""
 
@@ -92,10 +101,7 @@ class Zygote:
             parent_end.close()
             self.output.retire()
             raise
-        self.output.close_write_ends()
-        self.connection = Connection(
-            Channel(parent_end, name="zygote"), name="zygote", max_message=max_message
-        )
+        self.connection = _control_connection(parent_end, self.output, "zygote", max_message)
         self._modules: dict[str, ModuleZygote] = {}
         self._lock = threading.Lock()
 
@@ -149,11 +155,8 @@ class ModuleZygote:
             parent_end.close()
             self.output.retire()
             raise
-        self.output.close_write_ends()
-        self.connection = Connection(
-            Channel(parent_end, name=f"zygote {module}"),
-            name=f"zygote {module}",
-            max_message=base.max_message,
+        self.connection = _control_connection(
+            parent_end, self.output, f"zygote {module}", base.max_message
         )
 
     @property

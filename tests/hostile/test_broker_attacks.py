@@ -4,6 +4,8 @@ the caller no more than the call's timeout, and is killed like any stuck compart
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from broker_attacks import Caller, SilentPeer
@@ -13,31 +15,33 @@ from compartments.errors import CallTimeout, CompartmentCrashed
 PROMPTLY = 5.0
 
 
-@pytest.mark.timeout(60)
-def test_a_target_that_never_takes_its_line_costs_only_the_calls_timeout() -> None:
+@pytest.fixture
+def refused() -> Iterator[tuple[Any, Any, float]]:
+    """A caller whose call handing over a silent peer timed out: (caller, peer, seconds)."""
     with Caller() as caller, SilentPeer() as peer:
         peer.turn_evil()
         started = time.monotonic()
         with pytest.raises(CallTimeout):
             caller.with_timeout(1).use(peer)  # 30 s (the start timeout) before
-        assert time.monotonic() - started < 1 + PROMPTLY
+        yield caller, peer, time.monotonic() - started
 
 
 @pytest.mark.timeout(60)
-def test_a_target_that_never_takes_its_line_is_killed() -> None:
-    with Caller() as caller, SilentPeer() as peer:
-        peer.turn_evil()
-        with pytest.raises(CallTimeout):
-            caller.with_timeout(1).use(peer)
-        with pytest.raises(CompartmentCrashed, match="timed out"):
-            peer.ping()
+def test_a_target_that_never_takes_its_line_costs_only_the_calls_timeout(
+    refused: tuple[Any, Any, float],
+) -> None:
+    assert refused[2] < 1 + PROMPTLY
 
 
 @pytest.mark.timeout(60)
-def test_the_caller_still_answers_after_a_target_failed_to_take_its_line() -> None:
-    with Caller() as caller, SilentPeer() as peer:
-        peer.turn_evil()
-        with pytest.raises(CallTimeout):
-            caller.with_timeout(1).use(peer)
-        with SilentPeer() as honest:
-            assert caller.with_timeout(5).use(honest) == "got a line"
+def test_a_target_that_never_takes_its_line_is_killed(refused: tuple[Any, Any, float]) -> None:
+    with pytest.raises(CompartmentCrashed, match="timed out"):
+        refused[1].ping()
+
+
+@pytest.mark.timeout(60)
+def test_the_caller_still_answers_after_a_target_failed_to_take_its_line(
+    refused: tuple[Any, Any, float],
+) -> None:
+    with SilentPeer() as honest:
+        assert refused[0].with_timeout(5).use(honest) == "got a line"

@@ -17,7 +17,7 @@ from compartments.rulesets import SystemIO
 
 
 def _body(trailers: int, maps: int, size: int) -> tuple[bytes, bytes]:
-    ext = b"\xd7\x04" + struct.pack("!Q", size) if size < 2**32 else b""
+    ext = b"\xd7\x04" + struct.pack("!Q", size)  # fixext 8: the trailing-bytes extension
     items = b"\xdd" + struct.pack("!I", trailers + maps) + ext * trailers + b"\x80" * maps
     return items, b"x" * (size * trailers)
 
