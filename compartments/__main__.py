@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _seccomp
+from . import _broker, _seccomp
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWUSER = 0x10000000
@@ -58,6 +58,7 @@ def check(_args: argparse.Namespace) -> int:
     from ._landlock import abi_version
 
     abi = abi_version()
+    served, served_why = _broker.mode()
     version = ".".join(map(str, _seccomp.libseccomp_version()))
     rows = [
         ("seccomp filters", _in_child(_probe_filter()), True,
@@ -67,6 +68,10 @@ def check(_args: argparse.Namespace) -> int:
         ("user notification", _in_child(_probe_filter(notify=True)), False,
          "denials are reported as PolicyViolation; learn mode works",
          "denials are plain EPERM; no learn mode"),
+        ("import roots served", served, False,
+         "sealed code imports lazily and reads package data under the stdlib and "
+         "site-packages", f"{served_why}: stdlib codecs are preloaded, other lazy imports "
+         "fail naming the module"),
         (f"Landlock (ABI {abi})", abi > 0, False,
          "path and port grants are enforced" + ("" if abi >= 4 else " (no TCP port rules)"),
          "path and port grants cannot be enforced"),

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import _decoder, _largebytes, _traceback, _wire
+from . import _decoder, _largebytes, _roots, _sealed_imports, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
@@ -28,7 +28,13 @@ from ._rules import ruleset_from_data
 from ._server import Server
 from ._wire import Fd, PeerRef
 from .errors import CallTimeout, LandlockError, ProtocolError, UnsupportedError
-from .rulesets.runtime import CHANNEL_FD_BASE, CHANNEL_FD_LIMIT, ChannelRuntime
+from .rulesets.runtime import (
+    CHANNEL_FD_BASE,
+    CHANNEL_FD_LIMIT,
+    IMPORT_FD_LIMIT,
+    ChannelRuntime,
+    ImportRootsRuntime,
+)
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
 
@@ -228,7 +234,7 @@ def _harden(zygote_pid: int, *, isolated: bool = False) -> None:
     if private:
         _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < CHANNEL_FD_LIMIT:
+    if soft < IMPORT_FD_LIMIT:  # the channel and import blocks must fit
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
 
 
@@ -262,7 +268,7 @@ _NO_USER_NOTIFICATION = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBU
 
 def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> None:
     """Apply the policy; hand the violation listener to the parent and keep no copy."""
-    ctx = SafetyContext()
+    ctx = SafetyContext().preload(codecs="none")  # the parent serves the import roots
     enabled = False
     for ruleset in rules:
         ctx.enable(ruleset)
@@ -272,6 +278,9 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
 
         ctx.enable(SystemIO.nothing())
     ctx.enable_yielding(ChannelRuntime())
+    ctx.enable_yielding(ImportRootsRuntime())
+    ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
+    _sealed_imports.prepare(listener=listener)
     if not listener:
         ctx.apply_to_all_threads()
         primary.send(*_wire.encode_notification("$listener", [None, ""]))
@@ -282,6 +291,7 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
         if isinstance(exc, LandlockError) or exc.errno not in _NO_USER_NOTIFICATION:
             raise
         ctx.apply_to_all_threads()
+        _sealed_imports.not_served(f"no seccomp user notification: {exc}")
         primary.send(*_wire.encode_notification("$listener", [None, str(exc)]))
         return
     try:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import functools
 import os
+import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,8 +173,11 @@ def receive_notification(listener: int) -> Notification | None:
     return Notification(int(raw.id), int(raw.pid), int(raw.data.nr), tuple(raw.data.args))
 
 
-def respond(listener: int, notification_id: int, *, error: int = 0, proceed: bool = False) -> bool:
-    """Answer a notification: fail it with ``error``, or let the kernel run it.
+def respond(
+    listener: int, notification_id: int, *, error: int = 0, proceed: bool = False, value: int = 0
+) -> bool:
+    """Answer a notification: fail it with ``error``, let the kernel run it, or (with
+    ``error=0``) return ``value`` as the syscall's result, as if it had run.
 
     Never raises: the task may have died (ENOENT) or been killed meanwhile, and the
     monitor answers the next notification either way. False when the kernel refused.
@@ -180,10 +185,33 @@ def respond(listener: int, notification_id: int, *, error: int = 0, proceed: boo
     records = _notify_records()
     reply = records.response.contents
     reply.id = notification_id
-    reply.val = 0
+    reply.val = 0 if proceed or error else value
     reply.error = 0 if proceed else -error
     reply.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if proceed else 0
     return int(pyseccomp._libseccomp.seccomp_notify_respond(listener, records.response)) == 0
+
+
+# struct seccomp_notif_addfd { __u64 id; __u32 flags, srcfd, newfd, newfd_flags; }
+_ADDFD = struct.Struct("=QIIII")
+SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103  # _IOW('!', 3, struct seccomp_notif_addfd)
+SECCOMP_ADDFD_FLAG_SETFD = 1  # Linux 5.9: install at newfd, replacing what is there
+SECCOMP_ADDFD_FLAG_SEND = 2  # Linux 5.14: and answer the notification with it, atomically
+
+
+def add_fd(listener: int, notification_id: int, fd: int, *, at: int, cloexec: bool) -> int:
+    """Install a copy of our ``fd`` in the notifying task as number ``at``, and answer
+    its syscall with that number, in one step. Raises OSError (ENOENT: the task is
+    gone; EINVAL: a kernel before 5.14)."""
+    request = bytearray(
+        _ADDFD.pack(
+            notification_id,
+            SECCOMP_ADDFD_FLAG_SETFD | SECCOMP_ADDFD_FLAG_SEND,
+            fd,
+            at,
+            os.O_CLOEXEC if cloexec else 0,
+        )
+    )
+    return int(fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, request, True))
 
 
 def notification_valid(listener: int, notification_id: int) -> bool:

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _output
+from . import _broker, _output
 from ._channel import Channel
 from ._connection import Connection
 from ._fd import Fd
@@ -83,6 +83,7 @@ class Zygote:
             "main_path": _main_path(),
             "parent_pid": os.getpid(),
             "max_message": max_message,
+            "imports": _broker.mode(),
         }
         self.output = _output.outputs("zygote")
         try:

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _seccomp
+from . import _broker, _roots, _seccomp
+from ._memory import TaskMemory as _Memory
 from ._rules import SeccompRule
 from ._seccomp import Comparison
 from ._text import printable
@@ -121,49 +122,6 @@ def _dirfd(value: int) -> str:
     return "AT_FDCWD" if value == _AT_FDCWD or (value & 0xFFFFFFFF) == 0xFFFFFF9C else str(
         _signed(value)
     )
-
-
-#: The most one decode reads from a task, and the first address no read may reach
-#: (pread's offset is a signed 64-bit off_t; user space ends far below it).
-_MAX_READ = 4096
-_ADDRESS_END = 1 << 63
-
-
-class _Memory:
-    """Reads strings and structs out of the notifying task (same uid and dumpable, or root).
-
-    Every address and size comes from the hostile task, so each read is bounded
-    (``_MAX_READ`` bytes, below ``_ADDRESS_END``) and any failure is "unknown" (None),
-    never an exception. ``still_valid`` is asked after ``/proc/<pid>/mem`` is opened:
-    if the task died and its pid was reused, what was opened belongs to someone else.
-    """
-
-    def __init__(self, pid: int, still_valid: Callable[[], bool] | None = None) -> None:
-        self.pid = pid
-        self._still_valid = still_valid
-
-    def read(self, address: int, size: int) -> bytes | None:
-        if not (isinstance(address, int) and isinstance(size, int)):
-            return None
-        size = min(size, _MAX_READ)
-        if address <= 0 or size <= 0 or address > _ADDRESS_END - size:
-            return None
-        try:
-            fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        except (OSError, ValueError):
-            return None
-        try:
-            if self._still_valid is not None and not self._still_valid():
-                return None
-            return os.pread(fd, size, address)
-        except (OSError, OverflowError, ValueError):
-            return None
-        finally:
-            os.close(fd)
-
-    def string(self, address: int, limit: int = 512) -> str | None:
-        raw = self.read(address, limit)
-        return None if raw is None else raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _sockaddr(memory: _Memory, address: int, length: int) -> str:
@@ -380,9 +338,45 @@ def _grant_text(grant: Grant, syscall: str, args: Sequence[int]) -> str:
             "call the filter can check)")  # fmt: skip
 
 
+_WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _under_roots_hint(syscall: str, args: Sequence[int], path: str | None) -> str | None:
+    """Advice for a path under the import roots: reads there need no grant (the parent
+    serves them), so no RuleSet is ever suggested for one, nor for a write there."""
+    if path is None or not path.startswith("/") or syscall not in _PATH_ARG:
+        return None
+    if _roots.root_of(os.path.normpath(path)) is None:
+        return None
+    flags = {"open": 1, "openat": 2}.get(syscall)
+    if syscall in ("creat", "mkdir", "mkdirat", "unlink", "unlinkat", "rename", "renameat",
+                   "renameat2", "rmdir", "truncate", "chmod", "chown", "link", "symlink") or (
+        flags is not None and args[flags] & _WRITE_INTENT
+    ):  # fmt: skip
+        return (
+            "a write under the import roots (the stdlib, site-packages): a sealed "
+            "compartment never writes there, so no RuleSet is suggested"
+        )
+    module = _roots.module_for(path)
+    served, reason = _broker.mode()
+    what = f"lazy import of `{module}` after the seal" if module else "a read under the roots"
+    if not served:
+        return (
+            f"{what}: this machine cannot serve the import roots to a sealed compartment "
+            f"({reason}); import it before the seal, at the top of the compartment's module"
+        )
+    return (
+        f"{what}, which the parent refused to serve: it leads outside the roots (a "
+        f"symlink) or is not a plain file or directory; no RuleSet is suggested"
+    )
+
+
 def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, tuple[str, ...]]:
     """What to grant for this denied call: never more than the narrowest builtin covering it,
     and never the raw syscall when a builtin covers that syscall with conditions."""
+    under_roots = _under_roots_hint(syscall, args, path)
+    if under_roots is not None:
+        return under_roots, ()
     grants = grants_allowing(syscall, args)[:3]
     if grants and all(g.is_server_grant for g in grants) and syscall == "socket":
         return _server_only_socket(grants), ()
@@ -684,6 +678,8 @@ class ViolationMonitor:
         notification = _seccomp.receive_notification(fd)
         if notification is None:
             return
+        if self._brokered(listener, notification):
+            return
         flooded = False
         try:  # from here on, whatever happens, the notification is answered
             flooded = not listener.learn and not listener.spend()
@@ -694,6 +690,29 @@ class ViolationMonitor:
             _seccomp.respond(fd, notification.id, error=errno.EPERM, proceed=listener.learn)
             if flooded:
                 self._silence(listener)
+
+    def _brokered(self, listener: _Listener, notification: _seccomp.Notification) -> bool:
+        """Serve a read under the import roots (``_broker``); True once it is answered.
+
+        In learn mode such a read is let through unrecorded: it needs no grant.
+        """
+        try:
+            memory = _Memory(
+                notification.pid,
+                functools.partial(_seccomp.notification_valid, listener.fd, notification.id),
+            )
+            syscall = _seccomp.syscall_name(notification.syscall)
+            request = _broker.parse(syscall, notification.args, notification.pid, memory)
+            if request is None or not request.servable:
+                return False
+            if listener.learn:
+                _seccomp.respond(listener.fd, notification.id, proceed=True)
+                return True
+            return _broker.serve(listener.fd, notification, request, memory)
+        except Exception as exc:  # a request is not worth the monitor: deny it instead
+            log.error("serving a read of compartment `%s` failed (%s)",
+                      printable(listener.compartment), type(exc).__name__)  # fmt: skip
+            return False
 
     def _report(self, listener: _Listener, notification: _seccomp.Notification) -> None:
         """Describe and record one notification; an Exception costs only this report."""

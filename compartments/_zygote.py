@@ -235,9 +235,13 @@ def main() -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned descendants come to us, not to init
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
-    import encodings.idna  # noqa: F401 - sockets look it up lazily; sealed, that open fails
+    import encodings.idna  # noqa: F401 - sockets look it up lazily: spare the broker
 
-    from . import _child  # noqa: F401 - import everything compartments need, once
+    from . import _child, _roots, _sealed_imports  # noqa: F401 - import all they need, once
+
+    served, reason = config.get("imports", (False, "not told"))
+    _sealed_imports.configure(bool(served), str(reason))
+    _roots.warm()
 
     _serve(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=control_fd), "zygote")
     os._exit(0)

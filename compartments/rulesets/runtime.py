@@ -3,6 +3,10 @@
 Channels live in a reserved block of fd numbers (64-127). One masked comparison per
 syscall confines channel I/O to that block, and peers that arrive after the seal are
 moved into it with dup3, the only place dup3 may write to.
+
+Files the parent opens for the compartment under the interpreter's import roots (see
+``compartments._broker``) arrive in a second block (128-191): reading them, seeking,
+fstat and listing a directory are allowed there and nowhere else.
 """
 
 from __future__ import annotations
@@ -11,11 +15,20 @@ from .._floor import SETFL_REFUSED
 from .._rules import Arg, SeccompRule
 from ._builder import BuiltinRuleSet
 
-__all__ = ["CHANNEL_FD_BASE", "CHANNEL_FD_LIMIT", "ChannelRuntime"]
+__all__ = [
+    "CHANNEL_FD_BASE",
+    "CHANNEL_FD_LIMIT",
+    "IMPORT_FD_BASE",
+    "IMPORT_FD_LIMIT",
+    "ChannelRuntime",
+    "ImportRootsRuntime",
+]
 
 CHANNEL_FD_BASE = 64
 CHANNEL_FD_LIMIT = 128  # exclusive
 _BLOCK_MASK = ~(CHANNEL_FD_LIMIT - CHANNEL_FD_BASE - 1) & 0xFFFFFFFF
+IMPORT_FD_BASE = 128
+IMPORT_FD_LIMIT = 192  # exclusive; the same size as the channel block, so the same mask
 
 CHANNEL_IO = ("recvfrom", "recvmsg", "sendto", "sendmsg", "getsockopt", "getsockname")
 
@@ -45,6 +58,10 @@ def _in_channel_block(syscall: str, arg: int) -> SeccompRule:
     return SeccompRule(syscall).and_condition(Arg(arg, bits=32) & _BLOCK_MASK == CHANNEL_FD_BASE)
 
 
+def _in_import_block(syscall: str) -> SeccompRule:
+    return SeccompRule(syscall).and_condition(Arg(0, bits=32) & _BLOCK_MASK == IMPORT_FD_BASE)
+
+
 def _command_on_channel(syscall: str, command: int) -> SeccompRule:
     return _in_channel_block(syscall, 0).and_condition(Arg(1, bits=32) == command)
 
@@ -69,6 +86,39 @@ class ChannelRuntime(BuiltinRuleSet):
                     Arg(2, bits=32) & SETFL_REFUSED == 0
                 ),
                 _in_channel_block("dup3", 1),
+            ],
+        )
+        self._simple = granted._simple
+        self._conditional = granted._conditional
+
+
+# Reading a file the parent opened read-only: what open(), dlopen() and os.listdir() do
+# with it. ioctl only TCGETS (open() asks isatty(); a regular file answers ENOTTY);
+# fstat also as glibc spells it, newfstatat/statx(fd, "", AT_EMPTY_PATH).
+IMPORT_READ = ("read", "readv", "pread64", "preadv", "preadv2", "lseek", "fstat", "getdents64")
+_TCGETS = 0x5401
+_AT_EMPTY_PATH = 0x1000
+
+
+class ImportRootsRuntime(BuiltinRuleSet):
+    """Read, seek, fstat and list the read-only files in the import block (128-191)."""
+
+    name = "ImportRootsRuntime"
+
+    def __init__(self) -> None:
+        super().__init__()
+        granted = self._with(
+            conditional=[_in_import_block(name) for name in IMPORT_READ]
+            + [
+                _in_import_block("ioctl").and_condition(Arg(1, bits=32) == _TCGETS),
+                *(
+                    _in_import_block("fcntl").and_condition(Arg(1, bits=32) == command)
+                    for command in SAFE_COMMANDS["fcntl"]
+                ),
+                _in_import_block("newfstatat").and_condition(
+                    Arg(3) & _AT_EMPTY_PATH == _AT_EMPTY_PATH
+                ),
+                _in_import_block("statx").and_condition(Arg(2) & _AT_EMPTY_PATH == _AT_EMPTY_PATH),
             ],
         )
         self._simple = granted._simple

@@ -1,0 +1,359 @@
+"""Reads under the import roots, served by the parent to its sealed compartments.
+
+A sealed compartment may not open files, yet CPython reads files long after startup:
+modules imported inside functions, codecs, package data, dist-info. The violation
+monitor answers those requests itself, as Chromium's syscall broker and OpenSSH's
+monitor do, and trusts nothing the compartment sends:
+
+- It reads the path from the task's memory **once**, resolves it against the task's
+  cwd or dirfd as the kernel shows them in ``/proc``, normalizes it, and acts only on
+  that string: the task rewriting its buffer afterwards changes nothing.
+- Only a path lexically under an import root (``_roots``) is served, and the parent
+  opens **its own copy** with ``openat2(root, rest, RESOLVE_BENEATH |
+  RESOLVE_NO_MAGICLINKS)``: no ``..``, symlink or magic link leads outside that root.
+  Opens are read-only, of regular files and directories only; the copy is installed in
+  the task's import block (fds 128-191, ``rulesets.runtime``) with
+  ``SECCOMP_IOCTL_NOTIF_ADDFD``, which answers the syscall in the same step. The filter
+  allows reading there and nowhere else.
+- ``stat``/``lstat``/``newfstatat``, ``readlink``, ``access`` are emulated: the parent
+  stats its copy and writes the result where the task asked, as the kernel would have.
+  The directories above the roots may be stat-ed (not listed or opened): realpath() and
+  Path.resolve() lstat every component.
+
+Anything else, writes under the roots included, is not served: it stays a denied
+syscall, reported as a violation naming the path. Nothing here is a CONTINUE: the
+kernel never re-reads a path the task could have changed.
+
+Where the kernel or the parent's rights fall short (no ADDFD send, before Linux 5.14; a
+compartment whose memory the parent cannot read), requests are not served, imports fail
+with an error naming the module, and :func:`mode` says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import platform
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import _roots, _seccomp
+from ._memory import TaskMemory
+from .rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
+
+__all__ = ["Request", "mode", "parse", "serve"]
+
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_EMPTY_PATH = 0x1000
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_BENEATH = 0x08
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
+_W_OK = os.W_OK
+#: Open flags a served open may carry: read-only, and nothing that writes or creates.
+_O_LARGEFILE = 0o100000
+SERVED_OPEN_FLAGS = (
+    os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | _O_LARGEFILE
+)
+
+# syscall -> (dirfd argument or None, path argument, what it is)
+_CALLS: dict[str, tuple[int | None, int, str]] = {
+    "open": (None, 0, "open"), "openat": (0, 1, "open"),
+    "stat": (None, 0, "stat"), "lstat": (None, 0, "lstat"), "newfstatat": (0, 1, "stat"),
+    "readlink": (None, 0, "readlink"), "readlinkat": (0, 1, "readlink"),
+    "access": (None, 0, "access"), "faccessat": (0, 1, "access"),
+    "faccessat2": (0, 1, "access"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a notification asks, decoded once from the task's memory."""
+
+    kind: str  # open, stat, lstat, readlink, access
+    path: str  # absolute, normalized: the only path ever acted on
+    root: str | None  # the import root it lies under, if any
+    args: tuple[int, ...]
+
+    @property
+    def servable(self) -> bool:
+        if self.root is None:
+            return self.kind != "open" and self.path in _roots.root_ancestors() and (
+                self.kind != "access" or not self.args[-1] & _W_OK
+            )
+        if self.kind == "open":
+            flags = self.args[-1]
+            return flags & os.O_ACCMODE == os.O_RDONLY and not flags & ~SERVED_OPEN_FLAGS
+        return True
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def parse(syscall: str, args: tuple[int, ...], pid: int, memory: TaskMemory) -> Request | None:
+    """The request, if ``syscall`` names a path the broker might serve; else None."""
+    call = _CALLS.get(syscall)
+    if call is None:
+        return None
+    dirfd_index, path_index, kind = call
+    raw = memory.path(args[path_index])
+    if not raw or b"\0" in raw:
+        return None
+    if kind == "stat" and dirfd_index is not None and args[3] & _AT_SYMLINK_NOFOLLOW:
+        kind = "lstat"
+    if syscall == "newfstatat" and args[3] & ~(_AT_SYMLINK_NOFOLLOW | 0x800):  # AT_NO_AUTOMOUNT
+        return None  # AT_EMPTY_PATH on an fd outside the import block: not a path request
+    path = os.fsdecode(raw)
+    if not path.startswith("/"):
+        base = _base_directory(pid, None if dirfd_index is None else _signed32(args[dirfd_index]))
+        if base is None:
+            return None
+        path = os.path.join(base, path)
+    path = os.path.normpath(path)
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    return Request(kind, path, _roots.root_of(path), _call_args(syscall, kind, args))
+
+
+def _call_args(syscall: str, kind: str, args: tuple[int, ...]) -> tuple[int, ...]:
+    """The arguments after the path: (buffer[, size]) or (flags) or (mode)."""
+    index = 1 if syscall in ("open", "stat", "lstat", "readlink", "access") else 2
+    if kind == "readlink":
+        return (args[index], args[index + 1])
+    return (args[index],)
+
+
+def _base_directory(pid: int, dirfd: int | None) -> str | None:
+    link = f"/proc/{pid}/cwd" if dirfd in (None, _AT_FDCWD) else f"/proc/{pid}/fd/{dirfd}"
+    if dirfd is not None and dirfd != _AT_FDCWD and dirfd < 0:
+        return None
+    try:
+        base = os.readlink(link)
+    except (OSError, ValueError):
+        return None
+    # The kernel's view of the directory; "socket:[1]", "/x (deleted)" and the like
+    # are not directories to resolve against.
+    if not base.startswith("/") or base.endswith(" (deleted)"):
+        return None
+    return base
+
+
+# -- serving ---------------------------------------------------------------------------
+
+
+class _Unavailable(Exception):
+    """This kernel or these rights cannot serve: the request becomes a plain denial."""
+
+
+_unavailable: dict[str, str] = {}
+
+
+def serve(
+    listener: int, notification: _seccomp.Notification, request: Request, memory: TaskMemory
+) -> bool:
+    """Answer a servable request; False if it could not be served (a denial, then)."""
+    if _unavailable or not _same_mount_namespace(notification.pid):
+        return False
+    try:
+        if request.kind == "open":
+            return _serve_open(listener, notification, request)
+        return _serve_metadata(listener, notification, request, memory)
+    except _Unavailable as exc:
+        _unavailable.setdefault("reason", str(exc))
+        return False
+
+
+def _answer(listener: int, notification: _seccomp.Notification, error: int = 0,
+            value: int = 0) -> bool:  # fmt: skip
+    _seccomp.respond(listener, notification.id, error=error, value=value)
+    return True
+
+
+def _serve_open(listener: int, notification: _seccomp.Notification, request: Request) -> bool:
+    flags = request.args[-1]
+    wanted = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    wanted |= flags & (os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = _open_beneath(request, wanted)
+    except OSError as exc:
+        return _refused(listener, notification, exc)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return False  # a device or fifo under a root: not what imports read
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
+        slot = _free_slot(notification.pid)
+        if slot is None:
+            return _answer(listener, notification, errno.EMFILE)
+        try:
+            _seccomp.add_fd(listener, notification.id, fd, at=slot,
+                            cloexec=bool(flags & os.O_CLOEXEC))  # fmt: skip
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP):
+                raise _Unavailable(f"SECCOMP_IOCTL_NOTIF_ADDFD: {exc.strerror}") from None
+            return _answer(listener, notification, errno.EPERM)  # the task died meanwhile
+        return True
+    finally:
+        os.close(fd)
+
+
+def _refused(listener: int, notification: _seccomp.Notification, exc: OSError) -> bool:
+    """A failed open or stat under a root is answered with its errno (ENOENT is how
+    every import probes), except an escape from the root: that stays a denial."""
+    if exc.errno in (errno.EXDEV, None):
+        return False
+    return _answer(listener, notification, exc.errno)
+
+
+def _serve_metadata(listener: int, notification: _seccomp.Notification, request: Request,
+                    memory: TaskMemory) -> bool:  # fmt: skip
+    follow = request.kind in ("stat", "access")
+    try:
+        if request.root is None:  # a directory above the roots: a fixed, known path
+            result = os.stat(request.path, follow_symlinks=follow)
+            link = os.readlink(request.path) if stat.S_ISLNK(result.st_mode) else None
+        else:
+            fd = _open_beneath(request, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+            try:
+                result = os.fstat(fd)
+                link = _readlink_fd(fd) if stat.S_ISLNK(result.st_mode) else None
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        return _refused(listener, notification, exc)
+    if request.kind == "access":
+        if request.args[0] & os.X_OK and not result.st_mode & 0o111:
+            return _answer(listener, notification, errno.EACCES)
+        return _answer(listener, notification, errno.EACCES if request.args[0] & _W_OK else 0)
+    if request.kind == "readlink":
+        if link is None:
+            return _answer(listener, notification, errno.EINVAL)
+        buffer, size = request.args
+        data = os.fsencode(link)[: max(0, min(size, 4096))]
+        if not memory.write(buffer, data):
+            return _answer(listener, notification, errno.EFAULT)
+        return _answer(listener, notification, value=len(data))
+    if not memory.write(request.args[0], _pack_stat(result)):
+        return _answer(listener, notification, errno.EFAULT)
+    return _answer(listener, notification)
+
+
+# -- the parent's own copy ---------------------------------------------------------------
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]  # fmt: skip
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _open_beneath(request: Request, flags: int) -> int:
+    """openat2(root, rest, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS): never outside the root."""
+    assert request.root is not None
+    number = _SYS_OPENAT2.get(platform.machine())
+    if number is None:
+        raise _Unavailable(f"openat2 on {platform.machine()}")
+    rest = os.path.relpath(request.path, request.root)
+    how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+    root_fd = os.open(request.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = _libc().syscall(number, root_fd, os.fsencode(rest), ctypes.byref(how),
+                             ctypes.sizeof(how))  # fmt: skip
+        if fd < 0:
+            code = ctypes.get_errno()
+            if code == errno.ENOSYS:
+                raise _Unavailable("openat2 (Linux 5.6)")
+            raise OSError(code, os.strerror(code), request.path)
+        return int(fd)
+    finally:
+        os.close(root_fd)
+
+
+def _readlink_fd(fd: int) -> str:
+    buffer = ctypes.create_string_buffer(4096)
+    size = _libc().readlinkat(fd, b"", buffer, len(buffer))
+    if size < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return os.fsdecode(buffer.raw[:size])
+
+
+def _free_slot(pid: int) -> int | None:
+    """The lowest free number of the task's import block (only the broker fills it)."""
+    try:
+        used = {int(name) for name in os.listdir(f"/proc/{pid}/fd") if name.isdigit()}
+    except OSError:
+        return None
+    return next((n for n in range(IMPORT_FD_BASE, IMPORT_FD_LIMIT) if n not in used), None)
+
+
+def _same_mount_namespace(pid: int) -> bool:
+    """Paths mean the same to the task as to us (an Isolate has a mount namespace of its own)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
+# struct stat on x86_64: dev, ino, nlink (u64), mode, uid, gid (u32), pad, rdev, size,
+# blksize, blocks, then (sec, nsec) for atime, mtime, ctime, and 3 reserved longs.
+_STAT_X86_64 = struct.Struct("=QQQIIIiQqqq6q24x")
+
+
+def _pack_stat(result: os.stat_result) -> bytes:
+    if platform.machine() != "x86_64":
+        raise _Unavailable(f"stat emulation on {platform.machine()}")
+    times: list[int] = []
+    for ns in (result.st_atime_ns, result.st_mtime_ns, result.st_ctime_ns):
+        times += divmod(ns, 1_000_000_000)
+    return _STAT_X86_64.pack(
+        result.st_dev, result.st_ino, result.st_nlink, result.st_mode, result.st_uid,
+        result.st_gid, 0, result.st_rdev, result.st_size, result.st_blksize,
+        result.st_blocks, *times,
+    )  # fmt: skip
+
+
+# -- what this machine supports -----------------------------------------------------------
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        numbers = platform.release().split("-", 1)[0].split(".")
+        return (int(numbers[0]), int(numbers[1])) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
+def mode(can_read_memory: Callable[[], bool] | None = None) -> tuple[bool, str]:
+    """Whether sealed compartments here get the import roots served, and why (not).
+
+    When not, compartments preload the stdlib codecs before the seal and any other
+    lazy import fails with an error naming the module.
+    """
+    if platform.machine() != "x86_64":
+        return False, f"the broker emulates stat only on x86_64, not {platform.machine()}"
+    try:
+        with open("/proc/sys/kernel/seccomp/actions_avail") as actions:
+            if "user_notif" not in actions.read().split():
+                return False, "the kernel has no seccomp user notification"
+    except OSError:
+        return False, "the kernel reports no seccomp actions"
+    if not _kernel_at_least(5, 14):
+        return False, f"Linux {platform.release()} has no SECCOMP_ADDFD_FLAG_SEND (5.14)"
+    if _unavailable:
+        return False, _unavailable["reason"]
+    if can_read_memory is not None and not can_read_memory():
+        return False, "the parent cannot read its compartments' memory"
+    roots = ", ".join(_roots.import_roots())
+    return True, f"served by the parent (user notification + ADDFD): {roots}"
