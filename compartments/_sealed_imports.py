@@ -7,10 +7,10 @@ by the parent (``_broker``). Just before the seal this module:
 - takes every ``sys.path`` entry outside the roots (the application's directory, the
   working directory) out of ``sys.path``, so that no import and no ``importlib.metadata``
   scan touches it, each touch being a denial;
-- installs finders that turn a lazy import that cannot work into an ImportError naming
-  the module and the fix: a submodule of a package outside the roots (the application's
-  own modules), and, where the parent serves nothing (see ``_broker.mode``), any module
-  not found.
+- installs finders that turn a lazy import that cannot work into a plain
+  ModuleNotFoundError (a builtin, so the caller gets it as such) naming the module and
+  the fix: a submodule of a package outside the roots (the application's own modules),
+  and, where the parent serves nothing (see ``_broker.mode``), any module not found.
 """
 
 from __future__ import annotations
@@ -24,11 +24,7 @@ from types import ModuleType
 
 from . import _roots
 
-__all__ = ["LazyImportError", "prepare"]
-
-
-class LazyImportError(ModuleNotFoundError):
-    """A module imported after the seal that the sealed compartment cannot read."""
+__all__ = ["configure", "not_served", "preload_codecs", "prepare"]
 
 
 _FIX = (
@@ -49,7 +45,7 @@ class _OutsideRoots(importlib.abc.MetaPathFinder):
         if not entries or any(_roots.lexically_under(p) for p in entries):
             return None
         where = ", ".join(entries[:3])
-        raise LazyImportError(
+        raise ModuleNotFoundError(
             f"lazy import of `{fullname}` after the seal: it lives in {where}, outside the "
             f"import roots a sealed compartment can read (the stdlib and site-packages); "
             f"{_FIX}",
@@ -71,13 +67,13 @@ class _NotServed(importlib.abc.MetaPathFinder):
             if path is not None or not self.removed:
                 return None
             where = ", ".join(repr(p) for p in self.removed[:3])
-            raise LazyImportError(
+            raise ModuleNotFoundError(
                 f"No module named {fullname!r} under the import roots: after the seal a "
                 f"compartment imports only from the stdlib and site-packages, not from "
                 f"{where}; if `{fullname}` lives there, {_FIX}",
                 name=fullname,
             )
-        raise LazyImportError(
+        raise ModuleNotFoundError(
             f"lazy import of `{fullname}` after the seal failed: this machine cannot serve "
             f"reads of the import roots to a sealed compartment ({self.reason}); {_FIX}",
             name=fullname,

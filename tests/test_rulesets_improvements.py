@@ -208,7 +208,9 @@ SEALED_INTERPRETER = textwrap.dedent(
                  "getdents64", "execve", "unlink", "mkdir"):
         tripwire.add_rule(pyseccomp.KILL_PROCESS, name)
     tripwire.load()
-    SafetyContext().enable(SystemIO.nothing().allow_stdout()).apply_to_all_threads()
+    # No codecs preloaded at apply: that would open their files, under the tripwire.
+    ctx = SafetyContext().preload(codecs="none")
+    ctx.enable(SystemIO.nothing().allow_stdout()).apply_to_all_threads()
 
     blob = b""
     for _ in range(64):

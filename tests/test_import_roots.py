@@ -1,0 +1,195 @@
+"""The import roots: what they are, how a plain SafetyContext keeps a working interpreter,
+and how Landlock policies, learn mode and a missing listener treat reads under them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from childproc import run_in_child
+
+from compartments import SafetyContext, _roots, compartment
+from compartments.rulesets import Networking, SystemIO
+
+STDLIB = os.path.dirname(os.__file__)
+
+
+@compartment(rules=[SystemIO.nothing()], learn=True)
+def learn_a_lazy_import() -> str:
+    import colorsys
+
+    return colorsys.__name__
+
+
+@compartment(rules=[SystemIO.nothing()], report_violations=False)
+def lazy_import_without_listener() -> str:
+    import wave
+
+    return wave.__name__
+
+
+@compartment(rules=[SystemIO.nothing().allow_read_path("/etc/hostname")])
+def lazy_import_under_landlock() -> str:
+    import chunk  # noqa: F401 - deprecated, still there in 3.11 and 3.12
+    import netrc
+
+    return netrc.__name__
+
+
+@compartment(rules=[SystemIO.nothing().allow_read_path("/etc/hostname")])
+def read_beside_the_grant(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+@compartment(rules=[SystemIO.nothing()])
+def write_under_the_stdlib(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("x")
+
+
+# -- what the roots are -------------------------------------------------------------------
+
+
+def test_the_stdlib_and_site_packages_are_roots() -> None:
+    import pytest as installed
+
+    assert _roots.under_roots(STDLIB)
+    assert _roots.under_roots(os.path.dirname(installed.__file__))
+
+
+def test_the_test_directory_and_tmp_are_not_roots(tmp_path: Path) -> None:
+    assert not _roots.under_roots(os.path.dirname(__file__))
+    assert not _roots.under_roots(str(tmp_path))
+    assert not _roots.under_roots("/etc")
+
+
+def test_module_for_names_the_module_a_bytecode_file_belongs_to() -> None:
+    path = f"{STDLIB}/encodings/__pycache__/cp437.cpython-311.pyc"
+    assert _roots.module_for(path) == "encodings.cp437"
+
+
+def test_module_for_names_a_package_by_its_init() -> None:
+    assert _roots.module_for(f"{STDLIB}/email/__init__.py") == "email"
+
+
+def test_module_for_a_data_file_is_none() -> None:
+    assert _roots.module_for(f"{STDLIB}/lib2to3/Grammar.txt") is None
+
+
+# -- a plain SafetyContext ----------------------------------------------------------------
+
+
+def _connect_sealed(port: int, ctx: SafetyContext) -> None:
+    ctx.enable(Networking.nothing().allow_start_tcp_clients().allow_running_tcp_clients())
+    ctx.apply_to_current_thread()
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def _idna_is_not_imported() -> bool:
+    return "encodings.idna" not in sys.modules
+
+
+@pytest.mark.timeout(30)
+def test_plain_safety_context_connects_by_name_after_apply(listener: int) -> None:
+    def body() -> None:
+        for name in [m for m in sys.modules if m.startswith("encodings.idna")]:
+            del sys.modules[name]
+        assert _idna_is_not_imported()
+        _connect_sealed(listener, SafetyContext())
+
+    assert run_in_child(body) == "ok"
+
+
+@pytest.mark.timeout(30)
+def test_plain_safety_context_without_codecs_cannot_look_up_idna(listener: int) -> None:
+    def body() -> None:
+        for name in [m for m in sys.modules if m.startswith("encodings.idna")]:
+            del sys.modules[name]
+        try:
+            _connect_sealed(listener, SafetyContext().preload(codecs="none"))
+        except LookupError:
+            raise AssertionError("idna could not be looked up") from None
+
+    assert run_in_child(body) == "AssertionError"
+
+
+@pytest.mark.timeout(30)
+def test_preload_imports_the_named_modules_before_the_filter() -> None:
+    def body() -> None:
+        sys.modules.pop("colorsys", None)
+        SafetyContext().preload("colorsys", codecs="none").enable(
+            SystemIO.nothing()
+        ).apply_to_current_thread()
+        assert "colorsys" in sys.modules
+
+    assert run_in_child(body) == "ok"
+
+
+@pytest.mark.parametrize("bad", ["", "os path", "../etc", 3])
+def test_preload_refuses_a_bad_module_name(bad: object) -> None:
+    with pytest.raises(ValueError, match="dotted module names"):
+        SafetyContext().preload(bad)  # type: ignore[arg-type]
+
+
+def test_preload_refuses_an_unknown_codecs_choice() -> None:
+    with pytest.raises(ValueError, match="codecs="):
+        SafetyContext().preload(codecs="some")  # type: ignore[arg-type]
+
+
+# -- compartments -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_learn_mode_never_suggests_a_grant_for_a_lazy_import() -> None:
+    assert learn_a_lazy_import() == "colorsys"
+    code = learn_a_lazy_import.learned_policy().code
+    assert "allow_open" not in code
+    assert "colorsys" not in code
+    learn_a_lazy_import.close()
+
+
+@pytest.mark.timeout(60)
+def test_lazy_import_without_listener_names_the_module_and_why() -> None:
+    with pytest.raises(ModuleNotFoundError, match="lazy import of `wave`") as info:
+        lazy_import_without_listener()
+    assert "no violation listener" in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_landlock_path_policy_keeps_the_import_roots_readable() -> None:
+    assert lazy_import_under_landlock() == "netrc"
+
+
+@pytest.mark.timeout(60)
+def test_landlock_path_policy_still_refuses_files_outside_grant_and_roots(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    with pytest.raises(PermissionError):
+        read_beside_the_grant(str(secret))
+
+
+@pytest.mark.timeout(60)
+def test_a_write_under_the_stdlib_suggests_no_rule_set() -> None:
+    from compartments.errors import PolicyViolation
+
+    with pytest.raises(PolicyViolation) as info:
+        write_under_the_stdlib(f"{STDLIB}/compartments-must-not-write-here.py")
+    assert "a write under the import roots" in info.value.suggestion
+    assert "allow_" not in info.value.suggestion
+    assert not os.path.exists(f"{STDLIB}/compartments-must-not-write-here.py")
+
+
+def test_check_says_whether_the_import_roots_are_served() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "compartments", "check"], capture_output=True, text=True,
+        timeout=60,
+    ).stdout  # fmt: skip
+    line = next(line for line in out.splitlines() if "import roots served" in line)
+    assert line.startswith("yes")
