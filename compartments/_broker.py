@@ -31,6 +31,7 @@ with an error naming the module, and :func:`mode` says so.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -264,20 +265,38 @@ def _open_beneath(request: Request, flags: int) -> int:
     number = _SYS_OPENAT2.get(platform.machine())
     if number is None:
         raise _Unavailable(f"openat2 on {platform.machine()}")
-    rest = os.path.relpath(request.path, request.root)
+    rest = request.path[len(request.root) + 1 :] or "."  # root_of() checked the prefix
     how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
-    root_fd = os.open(request.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = _libc().syscall(number, root_fd, os.fsencode(rest), ctypes.byref(how),
-                             ctypes.sizeof(how))  # fmt: skip
-        if fd < 0:
-            code = ctypes.get_errno()
-            if code == errno.ENOSYS:
-                raise _Unavailable("openat2 (Linux 5.6)")
-            raise OSError(code, os.strerror(code), request.path)
-        return int(fd)
-    finally:
-        os.close(root_fd)
+    fd = _libc().syscall(number, _root_fd(request.root), os.fsencode(rest), ctypes.byref(how),
+                         ctypes.sizeof(how))  # fmt: skip
+    if fd < 0:
+        code = ctypes.get_errno()
+        if code == errno.ENOSYS:
+            raise _Unavailable("openat2 (Linux 5.6)")
+        raise OSError(code, os.strerror(code), request.path)
+    return int(fd)
+
+
+_root_fds: dict[str, int] = {}
+
+
+def _root_fd(root: str) -> int:
+    """An O_PATH fd of the root, opened once: only the monitor thread asks."""
+    fd = _root_fds.get(root)
+    if fd is None:
+        fd = _root_fds[root] = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return fd
+
+
+def _forget_in_child() -> None:
+    """A forked copy serves nothing: it drops its copies of the root fds."""
+    for fd in _root_fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _root_fds.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _readlink_fd(fd: int) -> str:
@@ -301,9 +320,14 @@ def _free_slot(pid: int) -> int | None:
 def _same_mount_namespace(pid: int) -> bool:
     """Paths mean the same to the task as to us (an Isolate has a mount namespace of its own)."""
     try:
-        return os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino == _own_mount_namespace()
     except OSError:
         return False
+
+
+@functools.cache
+def _own_mount_namespace() -> int:
+    return os.stat("/proc/self/ns/mnt").st_ino
 
 
 # struct stat on x86_64: dev, ino, nlink (u64), mode, uid, gid (u32), pad, rdev, size,
