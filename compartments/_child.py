@@ -280,7 +280,7 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
     ctx.enable_yielding(ChannelRuntime())
     ctx.enable_yielding(ImportRootsRuntime())
     ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
-    _sealed_imports.prepare(listener=listener)
+    _sealed_imports.prepare(listener=listener, granted=ctx._readable_paths())
     if not listener:
         ctx.apply_to_all_threads()
         primary.send(*_wire.encode_notification("$listener", [None, ""]))

@@ -231,6 +231,13 @@ class SafetyContext:
             if os.path.realpath(path) not in granted
         )
 
+    def _readable_paths(self) -> list[str]:
+        """The paths the enabled RuleSets' Landlock rules let the sealed process read."""
+        return [
+            r.path for r in self._grants.landlock
+            if isinstance(r, PathRule) and r.access & _landlock.ACCESS_FS_READ_FILE
+        ]  # fmt: skip
+
     # -- inspecting -------------------------------------------------------------------
 
     @property

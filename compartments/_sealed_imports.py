@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 
 from . import _roots
@@ -36,21 +37,29 @@ _FIX = (
 class _OutsideRoots(importlib.abc.MetaPathFinder):
     """First on sys.meta_path: a submodule of a package that lives outside the roots."""
 
+    def __init__(self, granted: tuple[str, ...]) -> None:
+        self.granted = granted  # paths the policy itself lets the compartment read
+
+    def _readable(self, entry: str) -> bool:
+        entry = os.path.normpath(entry)
+        return _roots.lexically_under(entry) or any(
+            entry == g or entry.startswith(g.rstrip("/") + "/") for g in self.granted
+        )
+
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         if not path:
             return None
         entries = [p for p in path if isinstance(p, str)]
-        if not entries or any(_roots.lexically_under(p) for p in entries):
+        if not entries or any(self._readable(p) for p in entries):
             return None
         where = ", ".join(entries[:3])
         raise ModuleNotFoundError(
             f"lazy import of `{fullname}` after the seal: it lives in {where}, outside the "
             f"import roots a sealed compartment can read (the stdlib and site-packages); "
-            f"{_FIX}",
-            name=fullname,
-        )
+            f"{_FIX}"
+        )  # no name=: `from pkg import mod` would swallow it as "mod does not exist"
 
 
 class _NotServed(importlib.abc.MetaPathFinder):
@@ -105,20 +114,27 @@ def preload_codecs() -> None:
             continue
 
 
-def prepare(*, listener: bool = True) -> list[str]:
+def prepare(*, listener: bool = True, granted: Iterable[str] = ()) -> list[str]:
     """Make the interpreter ready to be sealed; returns the ``sys.path`` entries taken out.
 
     ``listener``: whether the seal hands a listener to the parent (without one, the
-    parent serves nothing).
+    parent serves nothing). ``granted``: paths the policy's own Landlock rules let the
+    compartment read; ``sys.path`` entries under them stay importable.
     """
     sys.dont_write_bytecode = True
+    readable = tuple(
+        {spelling for g in granted for spelling in (os.path.normpath(g), os.path.realpath(g))}
+    )
+    finder = _OutsideRoots(readable)
     removed: list[str] = []
     kept: list[str] = []
     for entry in sys.path:
-        target = kept if isinstance(entry, str) and entry and _roots.under_roots(entry) else removed
-        target.append(entry)
+        keep = isinstance(entry, str) and bool(entry) and (
+            _roots.under_roots(entry) or finder._readable(os.path.realpath(entry))
+        )  # fmt: skip
+        (kept if keep else removed).append(entry)
     sys.path[:] = kept
-    sys.meta_path.insert(0, _OutsideRoots())
+    sys.meta_path.insert(0, finder)
     reason = _not_served or ("" if listener else "the compartment has no violation listener")
     sys.meta_path.append(_NotServed(removed, reason))
     return removed

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import granted_pkg
 import pytest
 from childproc import run_in_child
 
@@ -50,6 +51,23 @@ def read_beside_the_grant(path: str) -> str:
 def write_under_the_stdlib(path: str) -> None:
     with open(path, "w") as f:
         f.write("x")
+
+
+GRANTED = os.path.dirname(granted_pkg.__file__)
+
+
+@compartment(rules=[SystemIO.nothing().allow_read_path(GRANTED)])
+def lazy_import_from_a_granted_path() -> str:
+    from granted_pkg import late
+
+    return str(late.VALUE)
+
+
+@compartment(rules=[SystemIO.nothing()])
+def lazy_import_from_the_app_directory() -> str:
+    from granted_pkg import late
+
+    return str(late.VALUE)
 
 
 # -- what the roots are -------------------------------------------------------------------
@@ -193,3 +211,15 @@ def test_check_says_whether_the_import_roots_are_served() -> None:
     ).stdout  # fmt: skip
     line = next(line for line in out.splitlines() if "import roots served" in line)
     assert line.startswith("yes")
+
+
+@pytest.mark.timeout(60)
+def test_a_path_the_policy_grants_stays_importable_after_the_seal() -> None:
+    assert lazy_import_from_a_granted_path() == "late"
+
+
+@pytest.mark.timeout(60)
+def test_a_lazy_import_from_the_app_directory_names_the_module_and_the_fix() -> None:
+    with pytest.raises(ModuleNotFoundError, match=r"lazy import of `granted_pkg\.late`") as info:
+        lazy_import_from_the_app_directory()
+    assert "import it before the seal" in str(info.value)

@@ -1,0 +1,3 @@
+"""Imported lazily, after the seal, by test_import_roots."""
+
+VALUE = "late"
