@@ -20,6 +20,10 @@ monitor do, and trusts nothing the compartment sends:
   The directories above the roots may be stat-ed (not listed or opened): realpath() and
   Path.resolve() lstat every component.
 
+A compartment in mount namespaces of its own (``Isolate``) is served absolute paths
+only: the parent's copy of a root is what an Isolate binds there (or what it could read
+anyway), while its cwd and dirfds name mounts the parent does not see.
+
 Anything else, writes under the roots included, is not served: it stays a denied
 syscall, reported as a violation naming the path. Nothing here is a CONTINUE: the
 kernel never re-reads a path the task could have changed.
@@ -112,6 +116,8 @@ def parse(syscall: str, args: tuple[int, ...], pid: int, memory: TaskMemory) -> 
         return None  # AT_EMPTY_PATH on an fd outside the import block: not a path request
     path = os.fsdecode(raw)
     if not path.startswith("/"):
+        if not _same_mount_namespace(pid):
+            return None  # an Isolate's cwd and fds name its own mounts, not ours
         base = _base_directory(pid, None if dirfd_index is None else _signed32(args[dirfd_index]))
         if base is None:
             return None
@@ -159,7 +165,7 @@ def serve(
     listener: int, notification: _seccomp.Notification, request: Request, memory: TaskMemory
 ) -> bool:
     """Answer a servable request; False if it could not be served (a denial, then)."""
-    if _unavailable or not _same_mount_namespace(notification.pid):
+    if _unavailable:
         return False
     try:
         if request.kind == "open":
@@ -318,7 +324,7 @@ def _free_slot(pid: int) -> int | None:
 
 
 def _same_mount_namespace(pid: int) -> bool:
-    """Paths mean the same to the task as to us (an Isolate has a mount namespace of its own)."""
+    """Relative paths mean the same to the task as to us (an Isolate has mounts of its own)."""
     try:
         return os.stat(f"/proc/{pid}/ns/mnt").st_ino == _own_mount_namespace()
     except OSError:

@@ -366,8 +366,9 @@ def _under_roots_hint(syscall: str, args: Sequence[int], path: str | None) -> st
             f"({reason}); import it before the seal, at the top of the compartment's module"
         )
     return (
-        f"{what}, which the parent refused to serve: it leads outside the roots (a "
-        f"symlink) or is not a plain file or directory; no RuleSet is suggested"
+        f"{what}, which the parent did not serve: it leads out of the roots (a symlink), "
+        f"is not a plain file or directory, or its memory was unreadable; no RuleSet is "
+        f"suggested"
     )
 
 

@@ -13,7 +13,7 @@ import granted_pkg
 import pytest
 from childproc import run_in_child
 
-from compartments import SafetyContext, _roots, compartment
+from compartments import Isolate, SafetyContext, _roots, compartment
 from compartments.rulesets import Networking, SystemIO
 
 STDLIB = os.path.dirname(os.__file__)
@@ -35,7 +35,7 @@ def lazy_import_without_listener() -> str:
 
 @compartment(rules=[SystemIO.nothing().allow_read_path("/etc/hostname")])
 def lazy_import_under_landlock() -> str:
-    import chunk  # noqa: F401 - deprecated, still there in 3.11 and 3.12
+    import colorsys  # noqa: F401
     import netrc
 
     return netrc.__name__
@@ -68,6 +68,14 @@ def lazy_import_from_the_app_directory() -> str:
     from granted_pkg import late
 
     return str(late.VALUE)
+
+
+@compartment(rules=[SystemIO.nothing()], isolate=Isolate())
+def lazy_import_in_an_isolate() -> str:
+    import colorsys  # noqa: F401
+    import netrc  # noqa: F401
+
+    return "imported"
 
 
 # -- what the roots are -------------------------------------------------------------------
@@ -223,3 +231,8 @@ def test_a_lazy_import_from_the_app_directory_names_the_module_and_the_fix() -> 
     with pytest.raises(ModuleNotFoundError, match=r"lazy import of `granted_pkg\.late`") as info:
         lazy_import_from_the_app_directory()
     assert "import it before the seal" in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_an_isolate_imports_lazily_from_the_roots_too() -> None:
+    assert lazy_import_in_an_isolate() == "imported"
