@@ -83,6 +83,7 @@ class Request:
     path: str  # absolute, normalized: the only path ever acted on
     root: str | None  # the import root it lies under, if any
     args: tuple[int, ...]
+    directory: bool = False  # spelled with a trailing slash: only a directory will do
 
     @property
     def servable(self) -> bool:
@@ -125,7 +126,8 @@ def parse(syscall: str, args: tuple[int, ...], pid: int, memory: TaskMemory) -> 
     path = os.path.normpath(path)
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
-    return Request(kind, path, _roots.root_of(path), _call_args(syscall, kind, args))
+    directory = raw.endswith(b"/")
+    return Request(kind, path, _roots.root_of(path), _call_args(syscall, kind, args), directory)
 
 
 def _call_args(syscall: str, kind: str, args: tuple[int, ...]) -> tuple[int, ...]:
@@ -186,6 +188,8 @@ def _serve_open(listener: int, notification: _seccomp.Notification, request: Req
     flags = request.args[-1]
     wanted = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     wanted |= flags & (os.O_DIRECTORY | os.O_NOFOLLOW)
+    if request.directory:
+        wanted |= os.O_DIRECTORY
     try:
         fd = _open_beneath(request, wanted)
     except OSError as exc:
@@ -235,6 +239,8 @@ def _serve_metadata(listener: int, notification: _seccomp.Notification, request:
                 os.close(fd)
     except OSError as exc:
         return _refused(listener, notification, exc)
+    if request.directory and not stat.S_ISDIR(result.st_mode):
+        return _answer(listener, notification, errno.ENOTDIR)
     if request.kind == "access":
         if request.args[0] & os.X_OK and not result.st_mode & 0o111:
             return _answer(listener, notification, errno.EACCES)
