@@ -21,6 +21,7 @@ from typing import Any
 
 from compartments import Pool, _largebytes
 from compartments._supervised import Supervised
+from compartments._text import printable
 
 from . import baselines, targets
 
@@ -183,6 +184,39 @@ def pool_rounds(figures: Figures, rounds: int) -> None:
                 figures.add(name, (time.perf_counter() - started) * 1e3, "ms")
 
 
+def lazy_import_rounds(figures: Figures, rounds: int) -> str | None:
+    """A first lazy import after the seal, against the same fresh fork unsealed.
+
+    Not a target yet. Returns why the figure is unavailable, or None: where sealed
+    compartments cannot import after the seal, the import fails, and the bench goes on.
+    """
+    module = targets.LAZY_MODULE
+    for _ in range(rounds):
+        try:
+            sealed = targets.first_import(module)
+        except Exception as exc:  # a ModuleNotFoundError or a PolicyViolation, typically
+            return f"{type(exc).__name__}: {printable(str(exc))[:200]}"
+        unsealed = targets.first_import_unsealed(module)  # type: ignore[operator]
+        if sealed is None or unsealed is None:
+            return f"{module} is imported before the seal: nothing to measure"
+        figures.add("first_import_sealed", sealed * 1e6, "us")
+        figures.add("first_import_unsealed", unsealed * 1e6, "us")
+    return None
+
+
+def unscored(figures: Figures, unavailable: str | None) -> dict[str, Any]:
+    """Figures reported without a target: a ratio, or why it could not be measured."""
+    if unavailable is not None:
+        return {"first_import_vs_unsealed": {"unavailable": unavailable}}
+    m = figures.median
+    return {"first_import_vs_unsealed": {
+        "module": targets.LAZY_MODULE,
+        "ratio": m("first_import_sealed") / m("first_import_unsealed"),
+        "sealed_us": m("first_import_sealed"),
+        "unsealed_us": m("first_import_unsealed"),
+    }}  # fmt: skip
+
+
 def idle_uss_mib(pid: int) -> float:
     private = 0
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -233,10 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     for title, step in steps:
         print(f"measuring {title} ...", file=sys.stderr, flush=True)
         step()
+    print("measuring a first lazy import (no target yet) ...", file=sys.stderr, flush=True)
+    extra = unscored(figures, lazy_import_rounds(figures, rounds))
     targets.noop()
     uss = idle_uss_mib(targets.noop.pid)  # type: ignore[arg-type]
     computed = ratios(figures, uss)
-    report(figures, computed)
+    report(figures, computed, extra)
     RESULTS.write_text(json.dumps({
         "machine": {"python": platform.python_version(), "kernel": platform.release(),
                     "cpus": os.cpu_count()},
@@ -245,12 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": computed,
         "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
         "met": {k: met(k, v) for k, v in computed.items()},
+        "unscored": extra,
     }, indent=2))  # fmt: skip
     print(f"\nwrote {RESULTS}")
     return 0
 
 
-def report(figures: Figures, computed: dict[str, float]) -> None:
+def report(figures: Figures, computed: dict[str, float], extra: dict[str, Any]) -> None:
     print(f"\n{'figure':34} {'median':>11} {'min':>11} {'max':>11}")
     for name, row in figures.table().items():
         low, high = row["min"], row["max"]
@@ -259,6 +296,13 @@ def report(figures: Figures, computed: dict[str, float]) -> None:
     for name, value in computed.items():
         op, target = TARGETS[name]
         print(f"{name:28} {value:8.3f}  {op} {target:<4} {'yes' if met(name, value) else 'NO'}")
+    print(f"\n{'without a target yet':28} {'value':>8}")
+    for name, row in extra.items():
+        if "unavailable" in row:
+            print(f"{name:28} unavailable: {row['unavailable']}")
+        else:
+            print(f"{name:28} {row['ratio']:8.3f}  ({row['module']}: "
+                  f"{row['sealed_us']:.0f} us sealed, {row['unsealed_us']:.0f} us unsealed)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
+import time
 
 from compartments import compartment
 from compartments.rulesets import SystemIO
@@ -55,3 +58,20 @@ def consume(payload: bytes) -> int:
 @compartment(rules=[SystemIO.nothing()])
 def produce(size: int) -> bytes:
     return bytes(size)
+
+
+#: A stdlib package of a few modules that nothing in a compartment of this module imports.
+LAZY_MODULE = "xml.dom.minidom"
+
+
+@compartment(rules=[SystemIO.nothing()], fresh=True)
+def first_import(name: str) -> float | None:
+    """Seconds the first import of ``name`` takes in a fresh child; None if it was loaded."""
+    if name in sys.modules:
+        return None
+    started = time.perf_counter()
+    importlib.import_module(name)
+    return time.perf_counter() - started
+
+
+first_import_unsealed = unsealed(first_import)
