@@ -1,0 +1,132 @@
+"""``logging`` in a sealed compartment: its records reach the parent's ``logging`` as
+records, under ``compartments.remote.<name>``, bounded and escaped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from logging_workloads import Logger, ThreadedLogger
+
+from compartments import _remote_log
+
+pytestmark = pytest.mark.timeout(60)
+
+PREFIX = "compartments.remote.Logger"
+
+
+def _remote(caplog: pytest.LogCaptureFixture, prefix: str = PREFIX) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == prefix or r.name.startswith(prefix + ".")]
+
+
+@pytest.fixture
+def logger(caplog: pytest.LogCaptureFixture) -> Iterator[Any]:
+    caplog.set_level(logging.INFO, logger="compartments.remote")  # before the child starts
+    with Logger() as compartment_:
+        yield compartment_
+
+
+def test_a_warning_arrives_as_a_record_under_the_compartments_logger(
+    logger: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger.warn("hello")
+    (record,) = _remote(caplog)
+    assert record.name == f"{PREFIX}.workload"
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "said: hello"
+    assert record.compartment == "Logger"  # type: ignore[attr-defined]
+
+
+def test_the_childs_root_logger_starts_at_the_parents_level(
+    logger: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert logger.root_level() == logging.INFO
+    logger.at(logging.DEBUG, "not wanted")
+    logger.at(logging.INFO, "wanted")
+    assert [r.getMessage() for r in _remote(caplog)] == ["wanted"]
+
+
+def test_a_logged_exception_carries_its_traceback(
+    logger: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger.fail()
+    (record,) = _remote(caplog)
+    assert record.levelno == logging.ERROR
+    assert record.exc_text is not None
+    assert record.exc_text.startswith("Traceback (most recent call last):\n")
+    assert "ZeroDivisionError: division by zero" in record.exc_text
+    assert "ZeroDivisionError" in logging.Formatter().format(record)
+
+
+def test_control_characters_in_a_record_arrive_escaped(
+    logger: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger.fail()
+    logger.warn("line\n[CRITICAL] forged\x1b[2J\u202e")
+    failed, forged = _remote(caplog)
+    assert failed.getMessage() == "it went wrong: \\x1b]0;owned\\x07"
+    assert forged.getMessage() == "said: line\\n[CRITICAL] forged\\x1b[2J\\u202e"
+    text = logging.Formatter().format(forged) + logging.Formatter().format(failed)
+    assert not [c for c in text if (ord(c) < 0x20 and c != "\n") or ord(c) == 0x202E]
+
+
+def test_stack_info_arrives(logger: Any, caplog: pytest.LogCaptureFixture) -> None:
+    logger.with_stack()
+    (record,) = _remote(caplog)
+    assert record.stack_info is not None
+    assert record.stack_info.startswith("Stack (most recent call last):")
+    assert "with_stack" in record.stack_info
+
+
+def test_warnings_arrive_as_records_on_py_warnings(
+    logger: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger.python_warning("careful")
+    (record,) = _remote(caplog)
+    assert record.name == f"{PREFIX}.py.warnings"
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().endswith("logging_workloads.py:41: UserWarning: careful")
+
+
+def test_a_flood_of_records_is_bounded_and_its_drops_are_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    started = time.monotonic()
+    with Logger() as flooder:
+        assert flooder.flood(100_000) == 100_000
+        elapsed = time.monotonic() - started
+        arrived = len(_remote(caplog))
+    assert elapsed < 20
+    assert 0 < arrived <= _remote_log.BURST + _remote_log.RECORDS_PER_SECOND * (elapsed + 1)
+    reports = [r for r in caplog.records if r.name == "compartments" and "dropped" in r.message]
+    assert len(reports) == 1, [r.message for r in reports]
+    assert f": {100_000 - arrived} records dropped" in reports[0].getMessage()
+
+
+def test_distinct_logger_names_create_a_bounded_number_of_parent_loggers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with Logger() as named:
+        named.names(100_000)
+    created = [n for n in logging.root.manager.loggerDict if n.startswith(f"{PREFIX}.n")]
+    assert 0 < len(created) <= _remote_log.MAX_CHILD_LOGGERS
+    beyond = [r for r in _remote(caplog) if r.name == PREFIX]
+    assert beyond and all(r.remote_logger.startswith("n") for r in beyond)  # type: ignore[attr-defined]
+
+
+def test_threads_logging_while_calls_are_answered_keep_the_channel_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with ThreadedLogger() as threaded:
+        threaded.start(4, 300)
+        assert sum(threaded.ping() for _ in range(300)) == 300
+        assert threaded.join()
+        assert threaded.ping() == 1
+    records = _remote(caplog, "compartments.remote.ThreadedLogger")
+    assert records and all(r.getMessage().startswith("thread ") for r in records)
