@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 
 from compartments import compartment
@@ -63,6 +64,22 @@ class ThreadedLogger:
         self._threads = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
         for thread in self._threads:
             thread.start()
+
+    def start_unattended(self, records: int, size: int) -> None:
+        """One thread logging while no call is in flight: nobody reads the channel."""
+        started = time.monotonic()
+        self._took: float | None = None
+
+        def run() -> None:
+            for index in range(records):
+                log.warning("%d %s", index, "x" * size)
+            self._took = time.monotonic() - started
+
+        self._threads = [threading.Thread(target=run)]
+        self._threads[0].start()
+
+    def took(self) -> float | None:
+        return self._took
 
     def ping(self) -> int:
         return 1

@@ -130,3 +130,17 @@ def test_threads_logging_while_calls_are_answered_keep_the_channel_whole(
         assert threaded.ping() == 1
     records = _remote(caplog, "compartments.remote.ThreadedLogger")
     assert records and all(r.getMessage().startswith("thread ") for r in records)
+
+
+def test_a_thread_logging_while_nobody_reads_drops_records_instead_of_blocking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with ThreadedLogger() as threaded:
+        threaded.start_unattended(1_000, 2_000)  # 2 MB: ten times what the socket holds
+        time.sleep(1.5)  # no call in flight: the parent reads nothing meanwhile
+        took = threaded.took()
+        assert threaded.join()
+    assert took is not None and took < 1.0
+    reports = [r.getMessage() for r in caplog.records if r.name == "compartments"]
+    assert any("records dropped" in text for text in reports), reports
