@@ -24,6 +24,7 @@ logger, when the flood is over (or the compartment closes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -133,7 +134,8 @@ class ForwardingHandler(logging.Handler):
         self._formatter = logging.Formatter()
         self.dropped = 0
         self._congested = False
-        self._pid = os.getpid()
+        #: False in a fork of the compartment: the channel is not its own to write to.
+        self.live = True
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self._budget.spend(time.monotonic()):
@@ -148,10 +150,9 @@ class ForwardingHandler(logging.Handler):
                 None if not record.stack_info else _cut(record.stack_info, _CHILD_STACK_BYTES),
                 self.dropped,
             ]
+            self._send(fields)
         except Exception:
             self.handleError(record)  # what the stdlib does with a bad format string
-            return
-        self._send(fields)
 
     def _exception_text(self, record: logging.LogRecord) -> str | None:
         text = record.exc_text
@@ -165,10 +166,11 @@ class ForwardingHandler(logging.Handler):
             return
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             if self.dropped:
-                self._send([self.dropped])
+                with contextlib.suppress(Exception):  # never fail the call it follows
+                    self._send([self.dropped])
 
     def _send(self, fields: list[Any]) -> None:
-        if os.getpid() != self._pid:  # a fork of the compartment: the line is not ours
+        if not self.live:
             return
         data, _ = _wire.encode_notification(METHOD, fields)
         frame = data if isinstance(data, bytes) else b"".join(data)
@@ -192,9 +194,10 @@ def forward_records(channel: Channel, level: object) -> None:
     ``level`` is the parent's level for this compartment's records (see :func:`level_for`).
     """
     global _handler
-    _handler = ForwardingHandler(channel)
+    _handler = handler = ForwardingHandler(channel)
+    os.register_at_fork(after_in_child=lambda: setattr(handler, "live", False))
     root = logging.getLogger()
-    root.addHandler(_handler)
+    root.addHandler(handler)
     if type(level) is int and 0 <= level <= logging.CRITICAL:
         root.setLevel(max(level, 1))  # NOTSET on the root would mean WARNING elsewhere
     warnings.showwarning = _log_warning

@@ -3,7 +3,11 @@ records, under ``compartments.remote.<name>``, bounded and escaped."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +16,7 @@ import pytest
 from logging_workloads import Logger, ThreadedLogger
 
 from compartments import _remote_log
+from compartments._channel import socketpair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,3 +149,63 @@ def test_a_thread_logging_while_nobody_reads_drops_records_instead_of_blocking(
     assert took is not None and took < 1.0
     reports = [r.getMessage() for r in caplog.records if r.name == "compartments"]
     assert any("records dropped" in text for text in reports), reports
+
+
+# -- the channel's send for what may be dropped ----------------------------------------------
+
+
+def _drain(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    received = bytearray()
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    return bytes(received)
+
+
+def test_send_if_room_sends_whole_frames_or_nothing_when_the_peer_is_full() -> None:
+    ours, theirs = socketpair()
+    try:
+        frames = 0
+        while ours.send_if_room(bytes([frames % 256]) * 1024):
+            frames += 1
+        assert frames > 10 and not ours.send_if_room(b"x" * 1024)
+        received = _drain(theirs._sock)
+        assert len(received) == frames * 1024
+        assert received[-1024:] == bytes([(frames - 1) % 256]) * 1024
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_send_if_room_finishes_a_frame_the_kernel_took_in_part() -> None:
+    ours, theirs = socketpair()
+    frame = os.urandom(4 << 20)  # far past what one socket buffer holds
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(frame):
+            received.extend(theirs._sock.recv(1 << 20))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert ours.send_if_room(frame)
+        reader.join(10)
+        assert bytes(received) == frame
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_send_if_room_gives_up_when_another_threads_frame_holds_the_line() -> None:
+    ours, theirs = socketpair()
+    try:
+        with ours._send_lock:
+            started = time.monotonic()
+            assert not ours.send_if_room(b"x", lock_wait=0.05)
+            assert 0.04 <= time.monotonic() - started < 1.0
+        assert ours.send_if_room(b"x") and _drain(theirs._sock) == b"x"
+    finally:
+        ours.close()
+        theirs.close()
