@@ -198,8 +198,9 @@ def forward_records(channel: Channel, level: object) -> None:
     os.register_at_fork(after_in_child=lambda: setattr(handler, "live", False))
     root = logging.getLogger()
     root.addHandler(handler)
-    if type(level) is int and 0 <= level <= logging.CRITICAL:
+    if type(level) is int and 0 <= level < 2**31:
         root.setLevel(max(level, 1))  # NOTSET on the root would mean WARNING elsewhere
+        handler.setLevel(level)  # for loggers with a lower level of their own
     warnings.showwarning = _log_warning
 
 
