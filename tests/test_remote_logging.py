@@ -28,6 +28,12 @@ def _remote(caplog: pytest.LogCaptureFixture, prefix: str = PREFIX) -> list[logg
     return [r for r in caplog.records if r.name == prefix or r.name.startswith(prefix + ".")]
 
 
+def _dropped(caplog: pytest.LogCaptureFixture) -> list[int]:
+    """The counts in the drop reports on the ``compartments`` logger."""
+    texts = [r.getMessage() for r in caplog.records if r.name == "compartments"]
+    return [int(m[1]) for text in texts if (m := re.search(r": (\d+) records dropped$", text))]
+
+
 @pytest.fixture
 def logger(caplog: pytest.LogCaptureFixture) -> Iterator[Any]:
     caplog.set_level(logging.INFO, logger="compartments.remote")  # before the child starts
@@ -108,9 +114,8 @@ def test_a_flood_of_records_is_bounded_and_its_drops_are_reported(
         arrived = len(_remote(caplog))
     assert elapsed < 20
     assert 0 < arrived <= _remote_log.BURST + _remote_log.RECORDS_PER_SECOND * (elapsed + 1)
-    reports = [r for r in caplog.records if r.name == "compartments" and "dropped" in r.message]
-    assert len(reports) == 1, [r.message for r in reports]
-    assert f": {100_000 - arrived} records dropped" in reports[0].getMessage()
+    reported = _dropped(caplog)  # once, unless the flood outlasted REPORT_INTERVAL
+    assert 1 <= len(reported) <= 2 and sum(reported) == 100_000 - arrived, reported
 
 
 def test_distinct_logger_names_create_a_bounded_number_of_parent_loggers(
@@ -148,8 +153,7 @@ def test_a_thread_logging_while_nobody_reads_drops_records_instead_of_blocking(
         took = threaded.took()
         assert threaded.join()
     assert took is not None and took < 1.0
-    reports = [r.getMessage() for r in caplog.records if r.name == "compartments"]
-    assert any("records dropped" in text for text in reports), reports
+    assert _dropped(caplog), [r.getMessage() for r in caplog.records]
 
 
 # -- the channel's send for what may be dropped ----------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -109,9 +110,9 @@ def test_a_flood_of_forged_records_is_bounded_and_its_drops_reported(
         arrived = len(_remote(caplog))
     assert elapsed < 20
     assert 0 < arrived <= _remote_log.BURST + _remote_log.RECORDS_PER_SECOND * (elapsed + 1)
-    reports = [r.getMessage() for r in caplog.records if r.name == "compartments"]
-    reports = [text for text in reports if "records dropped" in text]
-    assert reports == [reports[0]] and f": {200_000 - arrived} records dropped" in reports[0]
+    texts = [r.getMessage() for r in caplog.records if r.name == "compartments"]
+    reported = [int(m[1]) for t in texts if (m := re.search(r": (\d+) records dropped$", t))]
+    assert 1 <= len(reported) <= 2 and sum(reported) == 200_000 - arrived, reported
 
 
 class _Slow(logging.Handler):
