@@ -188,6 +188,29 @@ class Channel:
             self._send_lock.release()
         return parts, fds
 
+    def send_if_room(self, data: bytes, lock_wait: float = 0.0) -> bool:
+        """Send one whole frame now, or nothing: False when the peer's buffer has no room
+        or another thread's frame takes longer than ``lock_wait`` seconds to go out.
+
+        For what may be dropped (a log record), never for what must arrive. Linux queues
+        a unix stream send of up to about 32 KiB as one buffer, whole or not at all
+        (EAGAIN); a larger frame the kernel takes only in part is finished blocking,
+        since the stream must stay whole.
+        """
+        lock = self._send_lock
+        if not (lock.acquire(True, lock_wait) if lock_wait > 0 else lock.acquire(False)):
+            return False
+        try:
+            try:
+                sent = self._sock.send(data, _MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            if sent < len(data):
+                self._sock.sendall(memoryview(data)[sent:])
+            return True
+        finally:
+            lock.release()
+
     def _send_parts(
         self,
         parts: list[memoryview],

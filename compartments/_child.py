@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import _decoder, _largebytes, _roots, _sealed_imports, _traceback, _wire
+from . import _decoder, _largebytes, _remote_log, _roots, _sealed_imports, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
@@ -396,6 +396,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         _close_all_but(keep)
         _largebytes.reader = _largebytes.read_by_mmap  # sealed: no pread, mmap is allowed
         start = _receive_start(primary, int(spec["max_message"]))
+        _remote_log.forward_records(primary, spec.get("log_level"))
         try:
             args, kwargs = _split_params("$start", start.params)
             keep.update(
@@ -419,7 +420,8 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             _report_setup_failure(primary, start.msgid, exc)
             _exit(1)
         primary.send(*_wire.encode_response(start.msgid, None, os.getpid()))
-        server = Server(primary, compartment.handle, max_message=compartment.max_message)
+        handle = _remote_log.flushing_drops(compartment.handle)
+        server = Server(primary, handle, max_message=compartment.max_message)
         compartment.server = server
         server.serve_forever()
     except SystemExit as stop:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from . import _largebytes, _output, _wire
+from . import _largebytes, _output, _remote_log, _wire
 from ._channel import stream_socketpair
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
@@ -137,6 +137,7 @@ class Supervised:
         self.restarts = 0
         self.generation = 0
         self.violations = ViolationLog(self.name, learn=definition.learn)
+        self.remote_log = _remote_log.RemoteLog(self.name)
         if definition.learn:
             log.warning(BANNER.format(name=self.name))
         _check_arguments(definition, "__init__", self._args, self._kwargs)
@@ -189,6 +190,7 @@ class Supervised:
             "stdout": Fd(output.stdout_w),
             "stderr": Fd(output.stderr_w),
             "line_buffered": _output.parent_stdout_is_a_terminal(),
+            "log_level": _remote_log.level_for(self.name),
             "max_message": definition.max_message,
             "timeout": definition.timeout,
             "rules": definition.rules_as_data(),
@@ -208,8 +210,9 @@ class Supervised:
             output.close_write_ends()
         child = ChildProcess(self.name, pid, zygote, output)
         connection = new_connection(
-            parent_end, self.name, definition.max_message, self.violations.on_notification
-        )
+            parent_end, self.name, definition.max_message,
+            self.remote_log.dispatcher(self.violations.on_notification),
+        )  # fmt: skip
         connection.explain_failure = child.explain
         self.violations.attach(connection)
         try:
@@ -262,6 +265,7 @@ class Supervised:
         self.violations.retire_listener()
         if conn is not None:
             conn.close()
+        self.remote_log.close()
         _all_supervised.discard(self)
 
     @property
