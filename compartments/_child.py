@@ -16,7 +16,16 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import _decoder, _largebytes, _remote_log, _roots, _sealed_imports, _traceback, _wire
+from . import (
+    _decoder,
+    _largebytes,
+    _remote_log,
+    _roots,
+    _sealed_imports,
+    _stdio,
+    _traceback,
+    _wire,
+)
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
@@ -281,6 +290,7 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
     ctx.enable_yielding(ImportRootsRuntime())
     ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
     _sealed_imports.prepare(listener=listener, granted=ctx._readable_paths())
+    _stdio.forward_stdio(primary, {fd: ctx._allows("write", (fd, 0, 0, 0, 0, 0)) for fd in (1, 2)})
     if not listener:
         ctx.apply_to_all_threads()
         primary.send(*_wire.encode_notification("$listener", [None, ""]))

@@ -231,6 +231,15 @@ class SafetyContext:
             if os.path.realpath(path) not in granted
         )
 
+    def _allows(self, syscall: str, args: Sequence[int]) -> bool:
+        """Whether the policy lets this exact call run (not counting the floor filter)."""
+        if syscall in self._grants.simple:
+            return True
+        return any(
+            rule.errno is None and all(c.comparison.holds(args) for c in rule.conditions)
+            for _, rule in self._grants.conditional.get(syscall, ())
+        )
+
     def _readable_paths(self) -> list[str]:
         """The paths the enabled RuleSets' Landlock rules let the sealed process read."""
         return [

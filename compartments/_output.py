@@ -117,7 +117,14 @@ class Outputs:
             os.set_blocking(fd, False)
         source = _Source(name)
         self._streams = (_Stream(out_r, source, False), _Stream(err_r, source, True))
+        # What a compartment sends on its channel instead (see ``_stdio``): no fd.
+        self._injected = (_Stream(-1, source, False), _Stream(-1, source, True))
         relay.register(self._streams)
+
+    def inject(self, to_stderr: bool, data: bytes, dropped: int = 0) -> None:
+        """Relay ``data`` as if read from the process's stdout or stderr pipe, within the
+        same budget; ``dropped`` bytes were dropped on the way and are reported too."""
+        self._relay.inject(self._injected[to_stderr], data, dropped)
 
     def close_write_ends(self) -> None:
         """Once the child holds them, the parent's copies would only keep EOF away."""
@@ -130,7 +137,7 @@ class Outputs:
     def retire(self) -> None:
         """The process is gone: relay what is left in the pipes, then close them."""
         self.close_write_ends()
-        self._relay.retire(self._streams)
+        self._relay.retire(self._streams, self._injected)
 
 
 class _Relay:
@@ -162,14 +169,29 @@ class _Relay:
                 self._thread.start()
         self._wake()
 
-    def retire(self, streams: tuple[_Stream, ...]) -> None:
+    def retire(self, streams: tuple[_Stream, ...], injected: tuple[_Stream, ...] = ()) -> None:
         """Drain (bounded) and close now, in the caller's thread: only the relay thread
         writes, but only this one closes, so an fd number is never read after reuse."""
         with self._lock:
             now = time.monotonic()
+            for stream in injected:  # a last line without its newline
+                if (stream.line or stream.cut) and not stream.skipping:
+                    self._emit(stream)
+                stream.line.clear()
             for stream in streams:
                 if stream.fd >= 0 and self._streams.get(stream.fd) is stream:
                     self._drain(stream, now, final=True)
+        self._wake()
+
+    def inject(self, stream: _Stream, data: bytes, dropped: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            source = stream.source
+            if dropped:
+                source.dropped_bytes += dropped
+                source.last_drop = now
+            if data:
+                self._take(stream, memoryview(data), now)
         self._wake()
 
     def flush(self, timeout: float) -> None:

@@ -13,7 +13,7 @@ import functools
 import os
 import struct
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyseccomp
@@ -51,6 +51,14 @@ class Comparison:
     op: int
     datum_a: int
     datum_b: int = 0
+
+    def holds(self, args: Sequence[int]) -> bool:
+        """Whether the kernel's comparison is true for these syscall arguments."""
+        value = args[self.index] & 0xFFFFFFFFFFFFFFFF
+        name = _OPERATOR_NAMES[self.op]
+        if name == "&==":
+            return value & self.datum_a == self.datum_b
+        return bool(_COMPARE[name](value, self.datum_a))
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +281,11 @@ def errno_action(number: int) -> int:
 
 ALLOW = int(pyseccomp.ALLOW)
 NOTIFY = int(pyseccomp.NOTIFY)
+_COMPARE: Mapping[str, Callable[[int, int], bool]] = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}  # fmt: skip
+
 OPERATORS: Mapping[str, int] = {
     "==": pyseccomp.EQ,
     "!=": pyseccomp.NE,
@@ -282,6 +295,7 @@ OPERATORS: Mapping[str, int] = {
     ">=": pyseccomp.GE,
     "&==": pyseccomp.MASKED_EQ,
 }
+_OPERATOR_NAMES = {number: name for name, number in OPERATORS.items()}
 
 
 def unsigned(value: int, bits: int) -> int:

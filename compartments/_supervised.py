@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from . import _largebytes, _output, _remote_log, _wire
+from . import _largebytes, _output, _remote_log, _stdio, _wire
 from ._channel import stream_socketpair
 from ._connection import Connection
 from ._learn import BANNER, LearnedPolicy, learn_policy
@@ -211,7 +211,8 @@ class Supervised:
         child = ChildProcess(self.name, pid, zygote, output)
         connection = new_connection(
             parent_end, self.name, definition.max_message,
-            self.remote_log.dispatcher(self.violations.on_notification),
+            _stdio_dispatcher(self.name, output,
+                              self.remote_log.dispatcher(self.violations.on_notification)),
         )  # fmt: skip
         connection.explain_failure = child.explain
         self.violations.attach(connection)
@@ -403,3 +404,17 @@ class Remote:
 
     def _supervised_instance(self) -> Supervised:
         raise NotImplementedError
+
+
+def _stdio_dispatcher(
+    name: str, output: _output.Outputs, other: Callable[[str, list[Any]], None]
+) -> Callable[[str, list[Any]], None]:
+    """``$out`` (a sealed compartment's print without a write grant) into its relay."""
+
+    def on_notification(method: str, params: list[Any]) -> None:
+        if method == _stdio.METHOD:
+            output.inject(*_stdio.receive(params, name))
+        else:
+            other(method, params)
+
+    return on_notification

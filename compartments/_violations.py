@@ -28,7 +28,6 @@ from typing import Any
 from . import _broker, _roots, _seccomp
 from ._memory import TaskMemory as _Memory
 from ._rules import SeccompRule
-from ._seccomp import Comparison
 from ._text import printable
 
 __all__ = ["Grant", "Violation", "ViolationLog", "ViolationMonitor", "grants_allowing", "monitor"]
@@ -245,21 +244,7 @@ class Grant:
 
 
 def _all_hold(rule: SeccompRule, args: Sequence[int]) -> bool:
-    return all(_holds(c.comparison, args) for c in rule.conditions)
-
-
-def _holds(c: Comparison, args: Sequence[int]) -> bool:
-    value = args[c.index] & 0xFFFFFFFFFFFFFFFF
-    ops: dict[int, Callable[[], bool]] = {
-        _seccomp.OPERATORS["=="]: lambda: value == c.datum_a,
-        _seccomp.OPERATORS["!="]: lambda: value != c.datum_a,
-        _seccomp.OPERATORS["<"]: lambda: value < c.datum_a,
-        _seccomp.OPERATORS["<="]: lambda: value <= c.datum_a,
-        _seccomp.OPERATORS[">"]: lambda: value > c.datum_a,
-        _seccomp.OPERATORS[">="]: lambda: value >= c.datum_a,
-        _seccomp.OPERATORS["&=="]: lambda: value & c.datum_a == c.datum_b,
-    }
-    return ops[c.op]()
+    return all(c.comparison.holds(args) for c in rule.conditions)
 
 
 @functools.lru_cache(maxsize=1)
