@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import _decoder, _largebytes, _roots, _sealed_imports, _traceback, _wire
+from . import _decoder, _largebytes, _roots, _sealed_imports, _sealed_stdio, _traceback, _wire
 from ._channel import Channel
 from ._connection import Connection
 from ._context import SafetyContext
@@ -34,6 +34,8 @@ from .rulesets.runtime import (
     IMPORT_FD_LIMIT,
     ChannelRuntime,
     ImportRootsRuntime,
+    SelfSignals,
+    TerminalQuery,
 )
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
@@ -279,6 +281,8 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
         ctx.enable(SystemIO.nothing())
     ctx.enable_yielding(ChannelRuntime())
     ctx.enable_yielding(ImportRootsRuntime())
+    ctx.enable_yielding(SelfSignals(os.getpid()))  # our pid now: after an Isolate's fork
+    ctx.enable_yielding(TerminalQuery())
     ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
     _sealed_imports.prepare(listener=listener, granted=ctx._readable_paths())
     if not listener:
@@ -347,6 +351,12 @@ class _Compartment:
             if channel is not self.primary:
                 raise PermissionError(f"`{method}` may only come from the parent")
             return self._control(method, params)
+        try:
+            return self._call(method, params)
+        finally:  # what the call printed is written (or refused, and reported) now
+            _sealed_stdio.flush()
+
+    def _call(self, method: str, params: list[Any]) -> Any:
         args, kwargs = _split_params(method, params)
         if args or kwargs:
             args = [_with_peers(a, self.max_message) for a in args]
@@ -411,6 +421,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             _warm_sources(compartment.target)
             # Setup may have needed root's powers (a low port); the sealed code never does.
             drop_capabilities()
+            _sealed_stdio.flush()  # setup's output goes out while it still may
             if spec.get("unsealed_for_benchmarks") is True:
                 primary.send(*_wire.encode_notification("$listener", [None, ""]))
             else:
@@ -455,7 +466,5 @@ def _report_setup_failure(primary: Channel, msgid: int, exc: BaseException) -> N
 
 
 def _exit(code: int) -> NoReturn:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # stdout may be denied by the policy
-            stream.flush()
+    _sealed_stdio.flush()  # stdout may be denied by the policy
     os._exit(code)
