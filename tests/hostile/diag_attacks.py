@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from compartments import Fd, compartment
+from compartments import Fd, Isolate, compartment
 from compartments.rulesets import Networking, SystemIO
 
 print("diag_attacks imported")  # the module-level print under test
@@ -62,6 +62,15 @@ def kill_itself() -> list[int]:
     signal.signal(signal.SIGUSR2, _catch)
     os.kill(os.getpid(), signal.SIGUSR2)
     return list(_caught)
+
+
+@compartment(rules=[SystemIO.nothing()], isolate=Isolate())
+def kill_itself_in_an_isolate() -> list[int]:
+    """kill(getpid(), sig) where getpid() is 2, the pid in its own pid namespace."""
+    _caught.clear()
+    signal.signal(signal.SIGUSR2, _catch)
+    os.kill(os.getpid(), signal.SIGUSR2)
+    return [os.getpid(), *_caught]
 
 
 @compartment(rules=[SystemIO.nothing()])

@@ -19,6 +19,7 @@ import pytest
 from compartments.errors import CompartmentCrashed, PolicyViolation
 
 _TARGETS = (attacks.abort, attacks.raise_signal, attacks.kill_itself,
+            attacks.kill_itself_in_an_isolate,
             attacks.signal_its_main_thread_from_the_main_thread,
             attacks.probe_signals_beyond_itself, attacks.kill_the_parent)  # fmt: skip
 
@@ -53,6 +54,11 @@ def test_raise_signal_reaches_its_own_handler() -> None:
 @pytest.mark.timeout(60)
 def test_kill_of_its_own_pid_reaches_its_own_handler() -> None:
     assert attacks.kill_itself() == [signal.SIGUSR2]
+
+
+@pytest.mark.timeout(60)
+def test_kill_of_its_own_pid_in_an_isolate_reaches_its_own_handler() -> None:
+    assert attacks.kill_itself_in_an_isolate() == [2, signal.SIGUSR2]
 
 
 @pytest.mark.timeout(60)
