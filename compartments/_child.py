@@ -32,10 +32,7 @@ from .rulesets.runtime import (
     CHANNEL_FD_BASE,
     CHANNEL_FD_LIMIT,
     IMPORT_FD_LIMIT,
-    ChannelRuntime,
-    ImportRootsRuntime,
-    SelfSignals,
-    TerminalQuery,
+    compartment_runtime,
 )
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
@@ -279,10 +276,8 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
         from .rulesets import SystemIO
 
         ctx.enable(SystemIO.nothing())
-    ctx.enable_yielding(ChannelRuntime())
-    ctx.enable_yielding(ImportRootsRuntime())
-    ctx.enable_yielding(SelfSignals(os.getpid()))  # our pid now: after an Isolate's fork
-    ctx.enable_yielding(TerminalQuery())
+    for runtime in compartment_runtime(os.getpid()):  # our pid now: after an Isolate's fork
+        ctx.enable_yielding(runtime)
     ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
     _sealed_imports.prepare(listener=listener, granted=ctx._readable_paths())
     if not listener:

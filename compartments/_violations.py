@@ -424,8 +424,9 @@ def _base_conditioned() -> dict[str, str]:
     from .rulesets.runtime import ChannelRuntime, SelfSignals, TerminalQuery
 
     found: dict[str, str] = {}
-    for base in (BasicCapabilities(), CPythonRuntime(), ChannelRuntime(), SelfSignals(),
-                 TerminalQuery()):  # fmt: skip
+    # Only the syscall names count here, so any pid will do for SelfSignals.
+    for base in (BasicCapabilities(), CPythonRuntime(), ChannelRuntime(),
+                 SelfSignals(os.getpid()), TerminalQuery()):  # fmt: skip
         for syscall in base.conditional_rules():
             found.setdefault(syscall, base.name)
     return found

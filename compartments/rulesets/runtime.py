@@ -28,6 +28,7 @@ __all__ = [
     "ImportRootsRuntime",
     "SelfSignals",
     "TerminalQuery",
+    "compartment_runtime",
 ]
 
 CHANNEL_FD_BASE = 64
@@ -147,7 +148,10 @@ class SelfSignals(BuiltinRuleSet):
 
     name = "SelfSignals"
 
-    def __init__(self, pid: int = 0) -> None:
+    def __init__(self, pid: int) -> None:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            # 0 and negative pids name process groups: never "this process"
+            raise ValueError(f"SelfSignals needs the compartment's own pid, got {pid!r}")
         super().__init__()
         self.pid = pid
         granted = self._with(
@@ -174,3 +178,10 @@ class TerminalQuery(BuiltinRuleSet):
             conditional=[SeccompRule("ioctl").and_condition(Arg(1, bits=32) == _TCGETS)]
         )
         self._conditional = granted._conditional
+
+
+def compartment_runtime(pid: int) -> list[BuiltinRuleSet]:
+    """Every framework RuleSet a compartment whose pid is ``pid`` seals with, after its
+    own RuleSets (enabled yielding: a RuleSet's simple grant of a syscall replaces their
+    conditions on it). What ``inspect`` and the example show as a compartment's policy."""
+    return [ChannelRuntime(), ImportRootsRuntime(), SelfSignals(pid), TerminalQuery()]

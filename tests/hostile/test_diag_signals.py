@@ -86,3 +86,11 @@ def test_signalling_another_process_is_advised_no_grant() -> None:
     assert "SelfSignals" in info.value.suggestion
     assert "allowed by" not in info.value.suggestion
     assert "rules=[" not in info.value.suggestion
+
+
+@pytest.mark.parametrize("pid", [0, -1, -100, True])
+def test_self_signals_refuses_a_pid_that_names_a_group(pid: int) -> None:
+    from compartments.rulesets.runtime import SelfSignals
+
+    with pytest.raises(ValueError, match="own pid"):
+        SelfSignals(pid)
