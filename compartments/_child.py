@@ -22,6 +22,7 @@ from . import (
     _remote_log,
     _roots,
     _sealed_imports,
+    _sealed_stdio,
     _stdio,
     _traceback,
     _wire,
@@ -41,8 +42,7 @@ from .rulesets.runtime import (
     CHANNEL_FD_BASE,
     CHANNEL_FD_LIMIT,
     IMPORT_FD_LIMIT,
-    ChannelRuntime,
-    ImportRootsRuntime,
+    compartment_runtime,
 )
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
@@ -286,8 +286,8 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
         from .rulesets import SystemIO
 
         ctx.enable(SystemIO.nothing())
-    ctx.enable_yielding(ChannelRuntime())
-    ctx.enable_yielding(ImportRootsRuntime())
+    for runtime in compartment_runtime(os.getpid()):  # our pid now: after an Isolate's fork
+        ctx.enable_yielding(runtime)
     ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
     _sealed_imports.prepare(listener=listener, granted=ctx._readable_paths())
     _stdio.forward_stdio(primary, {fd: ctx._allows("write", (fd, 0, 0, 0, 0, 0)) for fd in (1, 2)})
@@ -357,6 +357,12 @@ class _Compartment:
             if channel is not self.primary:
                 raise PermissionError(f"`{method}` may only come from the parent")
             return self._control(method, params)
+        try:
+            return self._call(method, params)
+        finally:  # what the call printed is written (or refused, and reported) now
+            _sealed_stdio.flush()
+
+    def _call(self, method: str, params: list[Any]) -> Any:
         args, kwargs = _split_params(method, params)
         if args or kwargs:
             args = [_with_peers(a, self.max_message) for a in args]
@@ -422,6 +428,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             _warm_sources(compartment.target)
             # Setup may have needed root's powers (a low port); the sealed code never does.
             drop_capabilities()
+            _sealed_stdio.flush()  # setup's output goes out while it still may
             if spec.get("unsealed_for_benchmarks") is True:
                 primary.send(*_wire.encode_notification("$listener", [None, ""]))
             else:
@@ -467,7 +474,5 @@ def _report_setup_failure(primary: Channel, msgid: int, exc: BaseException) -> N
 
 
 def _exit(code: int) -> NoReturn:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # stdout may be denied by the policy
-            stream.flush()
+    _sealed_stdio.flush()  # stdout may be denied by the policy
     os._exit(code)

@@ -301,7 +301,8 @@ class Supervised:
         """A sequential compartment that missed a deadline blocks every later call."""
         child = self._child
         if child is not None and self._connection is conn:
-            child.kill(f"call `{method}` timed out after {timeout:g}s")
+            what = "the call" if method == "__call__" else f"call `{method}`"
+            child.kill(f"{what} timed out after {timeout:g}s")
             conn.fail(ConnectionResetError("killed after a timeout"))
 
 

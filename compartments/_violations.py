@@ -406,10 +406,12 @@ def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, t
 def _base_conditioned() -> dict[str, str]:
     """syscall -> the always-enabled set that allows it only under conditions."""
     from .rulesets import BasicCapabilities, CPythonRuntime
-    from .rulesets.runtime import ChannelRuntime
+    from .rulesets.runtime import ChannelRuntime, SelfSignals, TerminalQuery
 
     found: dict[str, str] = {}
-    for base in (BasicCapabilities(), CPythonRuntime(), ChannelRuntime()):
+    # Only the syscall names count here, so any pid will do for SelfSignals.
+    for base in (BasicCapabilities(), CPythonRuntime(), ChannelRuntime(),
+                 SelfSignals(os.getpid()), TerminalQuery()):  # fmt: skip
         for syscall in base.conditional_rules():
             found.setdefault(syscall, base.name)
     return found
@@ -843,13 +845,25 @@ class ViolationLog:
             self._unexplained.clear()
         if not mine:
             return error
-        violation = mine[-1]
+        violation = _raised_by(mine)
         translated = PolicyViolation(
             violation.syscall, violation.args, self.compartment, violation.suggestion,
             violation.decoded,
         )  # fmt: skip
         translated.__cause__ = error.__cause__
         return translated
+
+
+_STDIO_WRITES = frozenset({"write", "writev"})
+
+
+def _raised_by(violations: Sequence[Violation]) -> Violation:
+    """The denial a call's PermissionError came from: its last one, but not the write to
+    stdout or stderr that the compartment's end-of-call flush hits after the error was
+    raised (``_sealed_stdio``), unless that is all there is."""
+    raised = [v for v in violations
+              if not (v.syscall in _STDIO_WRITES and v.args and v.args[0] in (1, 2))]  # fmt: skip
+    return (raised or violations)[-1]
 
 
 def _report_fallback(reason: str) -> None:

@@ -130,6 +130,14 @@ class CompartmentClosed(CompartmentsError, RuntimeError):
     """A call was made on a compartment after it was closed."""
 
 
+def _describe_call(compartment: str, method: str) -> str:
+    """A call as errors name it: a function compartment's own ``__call__`` is the call
+    of the compartment itself (``call to compartment `parse```), a method is named."""
+    if method == "__call__":
+        return f"call to compartment `{compartment}`"
+    return f"call `{method}` to compartment `{compartment}`"
+
+
 class CallTimeout(CompartmentsError, TimeoutError):
     """A call did not get its reply within its timeout."""
 
@@ -137,9 +145,7 @@ class CallTimeout(CompartmentsError, TimeoutError):
         self.compartment = compartment
         self.method = method
         self.timeout = timeout
-        super().__init__(
-            f"call `{method}` to compartment `{compartment}` got no reply within {timeout:g}s"
-        )
+        super().__init__(f"{_describe_call(compartment, method)} got no reply within {timeout:g}s")
 
 
 class RemoteError(CompartmentsError):

@@ -18,16 +18,24 @@ from hypothesis import strategies as st
 
 from compartments import Proxy, compartment
 from compartments.errors import CompartmentCrashed
+from examples.ipc_db_server import lines
 from examples.ipc_db_server.board import Board, start
 from examples.ipc_db_server.client import http_request, parse_response
 from examples.ipc_db_server.database import (
     DB_FILENAME,
+    MAX_LATEST,
     Database,
     SQLiteDatabase,
     database_rules,
 )
-from examples.ipc_db_server.http11 import MAX_HEAD_BYTES, HttpError, RequestReader
-from examples.ipc_db_server.webserver import WEB_SERVER_RULES, BoardWebServer, WebServer
+from examples.ipc_db_server.http11 import MAX_HEAD_BYTES, HttpError, Request, RequestReader
+from examples.ipc_db_server.webserver import (
+    PAGE_MESSAGES,
+    WEB_SERVER_RULES,
+    BoardApp,
+    BoardWebServer,
+    WebServer,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -153,7 +161,7 @@ def test_form_post_stores_and_redirects_to_the_page(board: Board) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert (status, headers["location"]) == (303, "/")
-    assert get(board.port, "/read") == (200, "a&b <c>\nnext line ✓".encode())
+    assert get(board.port, "/read") == (200, "a&b <c>\\nnext line ✓".encode())
 
 
 @pytest.mark.parametrize(
@@ -233,6 +241,82 @@ def test_normal_traffic_triggers_no_denied_syscall(board: Board) -> None:
     assert raw(board.port, b"GARBAGE\r\n\r\n")[0] == 400
     assert len(board.db.list()) == 30
     assert board.db.violations == [] and board.web.violations == []
+
+
+# -- as a user sees it ------------------------------------------------------------------
+
+
+def test_a_message_with_a_newline_stays_one_message_in_read(board: Board) -> None:
+    assert post(board.port, b"two\nlines") == (200, b"ok")
+    assert post(board.port, b"one") == (200, b"ok")
+    status, body = get(board.port, "/read")
+    assert status == 200 and body.count(b"\n") == 1
+    assert lines.decode(body.decode()) == ["two\nlines", "one"]
+
+
+def test_a_message_with_backslashes_and_returns_reads_back_exactly(board: Board) -> None:
+    message = "C:\\new\\ \r\n\\n end\\"
+    assert post(board.port, message.encode()) == (200, b"ok")
+    assert lines.decode(get(board.port, "/read")[1].decode()) == [message]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(min_size=1), max_size=8))
+def test_the_read_format_gives_back_exactly_the_messages(messages: list[str]) -> None:
+    body = lines.encode(messages)
+    assert body.count("\n") == max(len(messages) - 1, 0)
+    assert lines.decode(body) == messages
+
+
+def test_the_empty_boards_placeholder_is_not_a_numbered_item(board: Board) -> None:
+    page = get(board.port, "/")[1].decode()
+    assert "no messages yet" in page
+    assert "<li" not in page and "<ol" not in page
+
+
+def test_the_page_shows_the_newest_message_first(board: Board) -> None:
+    for message in (b"first", b"second", b"third"):
+        post(board.port, message)
+    page = get(board.port, "/")[1].decode()
+    assert page.index("third") < page.index("second") < page.index("first")
+    assert '<ol id="messages" reversed start="3">' in page  # numbered as written
+
+
+class _ManyMessages:
+    """A database of ``count`` messages, for the page's logic without 5000 commits."""
+
+    def __init__(self, count: int) -> None:
+        self.messages = [f"message {index}" for index in range(count)]
+
+    def count(self) -> int:
+        return len(self.messages)
+
+    def latest(self, limit: int) -> list[str]:
+        return self.messages[::-1][:limit]
+
+    def list(self) -> list[str]:
+        raise AssertionError("the page must not load every message")
+
+
+def test_a_page_of_thousands_of_messages_shows_only_the_newest() -> None:
+    app = BoardApp(_ManyMessages(5000))
+    page = app.handle(Request("GET", "/", "HTTP/1.1", {})).body.decode()
+    assert page.count("<li>") == PAGE_MESSAGES
+    assert page.index("message 4999") < page.index(f"message {5000 - PAGE_MESSAGES}")
+    assert "message 4899<" not in page
+    assert f"the newest {PAGE_MESSAGES} of 5000 messages" in page
+    assert page.index("<form") < page.index("<ol")  # the form never scrolls away
+
+
+def test_the_database_returns_at_most_max_latest_newest_first(tmp_path: Path) -> None:
+    db = SQLiteDatabase(str(tmp_path))
+    for message in ("a", "b", "c"):
+        db.write(message)
+    assert db.latest(2) == ["c", "b"]
+    assert db.latest(10**12) == ["c", "b", "a"]
+    with pytest.raises(ValueError):
+        db.latest(-1)
+    assert MAX_LATEST >= PAGE_MESSAGES
 
 
 @settings(max_examples=300, deadline=None)

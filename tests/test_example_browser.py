@@ -188,7 +188,7 @@ def test_browser_posts_the_form_and_sees_the_message_escaped(
             )
             page.wait_for("Page.loadEventFired")
             assert page.evaluate("location.pathname") == "/"
-            assert page.evaluate(items) == ["first", MESSAGE]
+            assert page.evaluate(items) == [MESSAGE, "first"]  # newest first
             # Shown as text: no element was injected and no handler ran.
             assert page.evaluate("document.querySelectorAll('#messages img').length") == 0
             assert page.evaluate("document.title") == "compartments message board"

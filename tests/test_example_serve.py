@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,10 +25,10 @@ needs_curl = pytest.mark.skipif(
 class Served:
     """A ``--serve`` subprocess; its stdout is drained by a thread so logging never blocks."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "examples.ipc_db_server", "--serve", "--port", "0",
-             "--data-dir", str(data_dir)],
+             "--data-dir", str(data_dir), *extra],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -59,8 +60,8 @@ class Served:
 
 
 @contextmanager
-def serving(data_dir: Path, signum: int = signal.SIGTERM) -> Iterator[Served]:
-    served = Served(data_dir)
+def serving(data_dir: Path, *extra: str, signum: int = signal.SIGTERM) -> Iterator[Served]:
+    served = Served(data_dir, *extra)
     try:
         yield served
     finally:
@@ -83,7 +84,7 @@ def curl(*args: str) -> tuple[int, str]:
 
 @needs_curl
 def test_curl_writes_reads_and_gets_4xx_answers(tmp_path: Path) -> None:
-    with serving(tmp_path / "data") as served:
+    with serving(tmp_path / "data", "--access-log") as served:
         url = served.url
         assert curl("--data-binary", "hello", url + "write") == (200, "ok")
         assert curl("-d", "extrasafe", url + "write") == (200, "ok")  # form content type
@@ -104,7 +105,7 @@ def test_curl_writes_reads_and_gets_4xx_answers(tmp_path: Path) -> None:
     assert code == 0, stderr
     assert "stopped" in "".join(served.lines)
     assert "was denied" not in stderr
-    assert any("POST /write 200" in line for line in served.lines)  # the access log
+    assert "[WebServer] POST /write 200\n" in served.lines  # the access log, prefixed once
 
 
 @needs_curl
@@ -128,3 +129,36 @@ def test_serve_without_curl_answers_over_plain_sockets(tmp_path: Path) -> None:
         code, _ = served.stop(signal.SIGTERM)
     assert code == 0
 
+
+
+def _port(served: Served) -> int:
+    return int(served.url.rstrip("/").rsplit(":", 1)[1])
+
+
+def test_the_request_log_is_off_by_default(tmp_path: Path) -> None:
+    from examples.ipc_db_server.client import http_request
+
+    with serving(tmp_path / "data") as served:
+        for _ in range(20):
+            assert http_request("127.0.0.1", _port(served), "POST", "/write", b"x")[0] == 200
+        code, _ = served.stop(signal.SIGTERM)
+    assert code == 0
+    assert not [line for line in served.lines if "/write" in line]
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "examples.ipc_db_server", "--serve", "--port", str(port),
+             "--data-dir", str(tmp_path / "data")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "serving on" not in result.stdout

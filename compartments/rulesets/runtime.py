@@ -7,6 +7,10 @@ moved into it with dup3, the only place dup3 may write to.
 Files the parent opens for the compartment under the interpreter's import roots (see
 ``compartments._broker``) arrive in a second block (128-191): reading them, seeking,
 fstat and listing a directory are allowed there and nowhere else.
+
+Two more needs of ordinary code on itself: signalling its own process (``abort()``,
+``raise()``, ``os.kill(os.getpid(), ...)``) and asking whether an fd is a terminal
+(``isatty``, which ``open()`` asks of every file it opens).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ __all__ = [
     "IMPORT_FD_LIMIT",
     "ChannelRuntime",
     "ImportRootsRuntime",
+    "SelfSignals",
+    "TerminalQuery",
+    "compartment_runtime",
 ]
 
 CHANNEL_FD_BASE = 64
@@ -123,3 +130,58 @@ class ImportRootsRuntime(BuiltinRuleSet):
         )
         self._simple = granted._simple
         self._conditional = granted._conditional
+
+
+# Signals to the compartment itself, by the pid it has when it seals (in an Isolate,
+# the pid inside its namespace, which is what these calls take). glibc's abort() and
+# raise() are tgkill(getpid(), gettid(), sig): tgkill is allowed for any thread of our
+# own thread group (the kernel answers ESRCH for a tid not in it), kill and tkill for
+# our own pid only. Never pid 0 nor a negative pid: those name a process group, and the
+# compartment shares its group with the parent. A live process's pid cannot be reused,
+# so the rule always means "this process". A process it forks (ForkAndExec) has another
+# pid and cannot signal itself this way, but can signal the compartment, its parent.
+_SELF_SIGNALS = ("kill", "tkill", "tgkill")
+
+
+class SelfSignals(BuiltinRuleSet):
+    """kill, tkill and tgkill aimed at the compartment's own process (``pid``) only."""
+
+    name = "SelfSignals"
+
+    def __init__(self, pid: int) -> None:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            # 0 and negative pids name process groups: never "this process"
+            raise ValueError(f"SelfSignals needs the compartment's own pid, got {pid!r}")
+        super().__init__()
+        self.pid = pid
+        granted = self._with(
+            conditional=[
+                SeccompRule(name).and_condition(Arg(0, bits=32) == pid) for name in _SELF_SIGNALS
+            ]
+        )
+        self._conditional = granted._conditional
+
+
+class TerminalQuery(BuiltinRuleSet):
+    """ioctl(fd, TCGETS) on any fd: ``isatty()``, which ``open()`` asks of every file.
+
+    TCGETS only reads a terminal's attributes (a regular file, pipe or socket answers
+    ENOTTY); every command that changes a terminal stays denied, and the floor refuses
+    the injecting ones whatever is granted.
+    """
+
+    name = "TerminalQuery"
+
+    def __init__(self) -> None:
+        super().__init__()
+        granted = self._with(
+            conditional=[SeccompRule("ioctl").and_condition(Arg(1, bits=32) == _TCGETS)]
+        )
+        self._conditional = granted._conditional
+
+
+def compartment_runtime(pid: int) -> list[BuiltinRuleSet]:
+    """Every framework RuleSet a compartment whose pid is ``pid`` seals with, after its
+    own RuleSets (enabled yielding: a RuleSet's simple grant of a syscall replaces their
+    conditions on it). What ``inspect`` and the example show as a compartment's policy."""
+    return [ChannelRuntime(), ImportRootsRuntime(), SelfSignals(pid), TerminalQuery()]

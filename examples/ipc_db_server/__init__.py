@@ -8,8 +8,10 @@ Five processes, each sealed by its own seccomp policy before it touches untruste
   send on sockets it has, plus call the Database over a direct channel.
 * :class:`~.client.WriteClient` / :class:`~.client.ReadClient` may only start TCP clients.
 
-``python -m examples.ipc_db_server`` runs the demo; ``--serve`` keeps the board up;
-``--show-policy`` prints every compartment's allowed syscalls.
+``python -m examples.ipc_db_server`` runs the demo; ``--serve`` keeps the board up
+(``--access-log`` prints one line per request); ``--show-policy`` prints every
+compartment's allowed syscalls. ``GET /read`` is every message, one per line, escaped as
+:mod:`.lines` says; ``GET /`` the newest first.
 """
 
 from .board import Board, run_demo

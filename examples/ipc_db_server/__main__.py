@@ -1,18 +1,25 @@
-"""``python -m examples.ipc_db_server [--serve [--port N] [--data-dir DIR] | --show-policy]``."""
+"""``python -m examples.ipc_db_server [--serve [--port N] [--data-dir DIR] [--access-log]
+| --show-policy]``."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
 from types import FrameType
 
-from .board import Board, data_directory, run_demo, show_policies
+from .board import HOST, Board, data_directory, run_demo, show_policies
+
+PROG = "python -m examples.ipc_db_server"
 
 
-def serve(port: int, data_dir: str | None) -> int:
-    """Keep the board up until SIGINT or SIGTERM, then shut every compartment down."""
+def serve(port: int, data_dir: str | None, access_log: bool = False) -> int:
+    """Keep the board up until SIGINT or SIGTERM, then shut every compartment down.
+
+    The access log (one line per request) is off unless asked for: under load it would
+    be thousands of lines a second. A port that cannot be bound is one line, exit 1."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -20,21 +27,34 @@ def serve(port: int, data_dir: str | None) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
-    with data_directory(data_dir) as directory, Board(
-        directory, port=port, access_log=True
-    ) as board:
-        kept = "kept" if data_dir is not None else "deleted at exit"
-        print(f"data in {directory} ({kept})", flush=True)
-        print(f"serving on {board.url}", flush=True)
-        stop.wait()
-        print("shutting down", flush=True)
+    with data_directory(data_dir) as directory:
+        try:
+            board = Board(directory, port=port, access_log=access_log)
+        except OSError as exc:
+            print(f"{PROG}: {_cannot_serve(port, exc)}", file=sys.stderr, flush=True)
+            return 1
+        with board:
+            kept = "kept" if data_dir is not None else "deleted at exit"
+            print(f"data in {directory} ({kept})", flush=True)
+            print(f"serving on {board.url}", flush=True)
+            stop.wait()
+            print("shutting down", flush=True)
     print("stopped", flush=True)
     return 0
 
 
+def _cannot_serve(port: int, exc: OSError) -> str:
+    where = f"{HOST}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot serve on {where}: the port is in use (choose another with --port)"
+    if exc.errno == errno.EACCES:
+        return f"cannot serve on {where}: permission denied (ports below 1024 need root)"
+    return f"cannot serve on {where}: {exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.ipc_db_server",
+        prog=PROG,
         description="A message board made of sealed compartments.",
     )
     mode = parser.add_mutually_exclusive_group()
@@ -44,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=8080, help="--serve: port (0: any free one)")
     parser.add_argument("--data-dir", help="keep the database here (default: a temporary dir)")
+    parser.add_argument(
+        "--access-log", action="store_true", help="--serve: print one line per request"
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0 to 65535")
     if args.serve:
-        return serve(args.port, args.data_dir)
+        return serve(args.port, args.data_dir, args.access_log)
     if args.show_policy:
         return show_policies(sys.stdout)
     return run_demo(sys.stdout, args.data_dir)

@@ -29,6 +29,7 @@ from compartments.rulesets import SystemIO
 
 __all__ = [
     "DB_FILENAME",
+    "MAX_LATEST",
     "MAX_MESSAGE_CHARS",
     "Database",
     "SQLiteDatabase",
@@ -47,6 +48,10 @@ _SCHEMA = (
 )
 _INSERT = "INSERT INTO messages (body) VALUES (?)"
 _SELECT = "SELECT body FROM messages ORDER BY id"
+_LATEST = "SELECT body FROM messages ORDER BY id DESC LIMIT ?"
+_COUNT = "SELECT count(*) FROM messages"
+#: The most messages one ``latest()`` call returns, whatever the caller asks.
+MAX_LATEST = 1000
 _FILES = {"db": "", "wal": "-wal", "shm": "-shm"}
 
 
@@ -70,7 +75,8 @@ class SQLiteDatabase:
         with self._transaction():
             self._db.execute("SELECT randomblob(16)").fetchone()
             self._db.execute("PRAGMA user_version = 1")  # a write, of the header only
-        self._db.execute(_SELECT).fetchall()  # prepared and cached from now on
+        for statement, params in ((_SELECT, ()), (_LATEST, (1,)), (_COUNT, ())):
+            self._db.execute(statement, params).fetchall()  # prepared and cached from now on
         #: name ("db", "wal", "shm") -> fd number, found before the seal
         self.files: dict[str, int] = _find_fds(self.path)
 
@@ -87,7 +93,14 @@ class SQLiteDatabase:
             self._db.execute(_INSERT, (message,))
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM messages").fetchone()[0])
+        return int(self._db.execute(_COUNT).fetchone()[0])
+
+    def latest(self, limit: int) -> builtins.list[str]:
+        """The newest ``limit`` messages (at most :data:`MAX_LATEST`), newest first."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        rows = self._db.execute(_LATEST, (min(limit, MAX_LATEST),))
+        return [row[0] for row in rows]
 
     def held_files(self) -> dict[str, int]:
         """The fds the seal grants, by role."""
@@ -208,4 +221,5 @@ def database_rules_for(files: Mapping[str, int]) -> list[RuleSet]:
 
 @compartment(rules=database_rules, name="Database")
 class Database(SQLiteDatabase):
-    """SQLite in its own process: ``write(msg)``, ``list()``; no open, socket or exec."""
+    """SQLite in its own process: ``write(msg)``, ``list()``, ``latest(n)``, ``count()``;
+    no open, socket or exec."""

@@ -28,9 +28,17 @@ from typing import Any
 from compartments import compartment
 from compartments.rulesets import Networking, Time
 
+from . import lines
 from .http11 import CONTINUE, HttpError, Request, RequestReader, Response
 
-__all__ = ["DEFAULT_MAX_BODY", "WEB_SERVER_RULES", "BoardApp", "BoardWebServer", "WebServer"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "PAGE_MESSAGES",
+    "WEB_SERVER_RULES",
+    "BoardApp",
+    "BoardWebServer",
+    "WebServer",
+]
 
 #: What the sealed web server may do: accept/recv/send/poll/close on sockets it already
 #: has (Networking's "running servers" set, which includes read/write on any fd it holds:
@@ -41,6 +49,8 @@ WEB_SERVER_RULES = [
 ]
 
 DEFAULT_MAX_BODY = 64 * 1024
+#: Messages on the HTML page, newest first; ``/read`` has every one.
+PAGE_MESSAGES = 100
 MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT = 10.0  # seconds from accept to a complete request
 WRITE_TIMEOUT = 10.0
@@ -79,7 +89,7 @@ class BoardApp:
         if request.path == "/submit":
             return self._submit(request)
         if request.path == "/read":
-            return Response.text(200, "\n".join(self.db.list()))
+            return Response.text(200, lines.encode(self.db.list()))
         return self._page()
 
     def _submit(self, request: Request) -> Response:
@@ -106,10 +116,23 @@ class BoardApp:
         return Response.text(303, "stored; see /\n", {"Location": "/"})
 
     def _page(self) -> Response:
-        items = "\n".join(
-            f"    <li>{html.escape(message, quote=True)}</li>" for message in self.db.list()
-        )
-        page = _PAGE.format(items=items or "    <li><em>no messages yet</em></li>")
+        """The newest :data:`PAGE_MESSAGES` messages, newest first, numbered as written
+        (1 is the first message ever); the form comes first, so it never scrolls away."""
+        total = self.db.count()
+        newest = self.db.latest(PAGE_MESSAGES)
+        if not newest:
+            board = '  <p id="empty"><em>no messages yet</em></p>'
+        else:
+            items = "\n".join(
+                f"    <li>{html.escape(message, quote=True)}</li>" for message in newest
+            )
+            board = f'  <ol id="messages" reversed start="{total}">\n{items}\n  </ol>'
+            if total > len(newest):
+                board += (
+                    f'\n  <p id="older">the newest {len(newest)} of {total} messages; '
+                    'all of them, oldest first, at <a href="/read">/read</a></p>'
+                )
+        page = _PAGE.format(board=board)
         headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": _CSP}
         return Response(200, page.encode("utf-8"), headers)
 
@@ -124,14 +147,12 @@ _PAGE = """<!doctype html>
 </head>
 <body>
   <h1>Message board</h1>
-  <ol id="messages">
-{items}
-  </ol>
   <form method="post" action="/submit" accept-charset="utf-8">
     <label for="message">New message</label><br>
     <textarea id="message" name="message" rows="3" cols="50" required></textarea><br>
     <button type="submit">Post</button>
   </form>
+{board}
 </body>
 </html>
 """
@@ -325,8 +346,8 @@ class BoardWebServer:
         del connection.out[:sent]
         if not connection.out and not connection.reading:
             self.served += 1
-            if self.access_log:
-                print(f"[WebServer] {connection.log}", flush=True)
+            if self.access_log:  # the parent prefixes each line with `[WebServer] `
+                print(connection.log, flush=True)
             # Half-close, then read what the client still sends until it closes: closing
             # with unread input would reset the connection and could lose our answer.
             connection.sock.shutdown(socket.SHUT_WR)
