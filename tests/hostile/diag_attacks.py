@@ -194,7 +194,7 @@ def spin_named() -> None:
 
 @compartment(rules=[SystemIO.nothing()])
 def prints(text: str) -> str:
-    print(text)  # stdout is not granted: the flush is denied
+    print(text)  # stdout is not granted: the text goes over the channel
     return text
 
 
