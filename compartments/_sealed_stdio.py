@@ -1,9 +1,9 @@
 """A compartment's stdout and stderr are flushed as each call ends, not only at exit.
 
-A ``print`` without a stdout grant fails only when its buffer is written. Written at
-exit, the denial was reported long after the call that printed, when the compartment
-closed (pytest filed it under a later test); flushed as the call ends, it is reported
-before that call returns, and output that is allowed shows call by call. A stream whose
+Flushed as the call ends, a call's output shows call by call: text sent over the
+channel (``_stdio``, a policy without a write grant) reaches the parent before the
+reply, and a write the policy denies (a stream replaced by the user, say) is reported
+before that call returns, not at exit under whatever ran then. A stream whose
 flush was refused is not flushed again (its buffer keeps what was refused, and every
 later flush would be refused again, once per call): what it buffers later is written
 only when the buffer fills, by the print that fills it.
