@@ -54,13 +54,22 @@ def _probe_userns() -> bool:
     return bool(_libc.unshare(CLONE_NEWUSER) == 0)
 
 
+def _libseccomp_row() -> tuple[str, bool, bool, str, str]:
+    if not _seccomp.available():
+        return (f"{_seccomp.LIBRARY}", False, True, "",
+                f"not found: seccomp cannot be used; {_seccomp.INSTALL_HINT}")  # fmt: skip
+    version = _seccomp.libseccomp_version()
+    return (f"libseccomp {'.'.join(map(str, version))}", version >= (2, 5, 0), True,
+            "new enough", "2.5.0 or newer is needed")  # fmt: skip
+
+
 def check(_args: argparse.Namespace) -> int:
     from ._landlock import abi_version
 
     abi = abi_version()
     served, served_why = _broker.mode()
-    version = ".".join(map(str, _seccomp.libseccomp_version()))
-    rows = [
+    rows = [_libseccomp_row()]
+    rows += [
         ("seccomp filters", _in_child(_probe_filter()), True,
          "compartments can be sealed", "nothing can be sealed: compartments cannot run"),
         ("TSYNC (all threads)", _in_child(_probe_filter(tsync=True)), True,
@@ -77,8 +86,6 @@ def check(_args: argparse.Namespace) -> int:
          "path and port grants cannot be enforced"),
         ("unprivileged user namespaces", _in_child(_probe_userns), False,
          "Isolate works", "Isolate is unavailable"),
-        (f"libseccomp {version}", _seccomp.libseccomp_version() >= (2, 5, 0), True,
-         "new enough", "2.5.0 or newer is needed"),
     ]  # fmt: skip
     essentials_missing = False
     for name, ok, essential, if_yes, if_no in rows:
