@@ -248,9 +248,9 @@ def _comparison_text(name: str, kind: _Kind, c: Comparison, placeholders: Mappin
 def describe_rule(
     syscall: str, comparisons: Sequence[Comparison], placeholders: Mapping[int, str] | None = None
 ) -> str:
-    """``fcntl(fd, F_SETLK)``: compared arguments shown by value or as a test, the rest
-    by name, trailing ones left out as ``...``. ``placeholders`` names stand-in values
-    (``rulesets`` builds ``allow_file_read(file)`` with a stand-in fd)."""
+    """``fcntl(fd, F_SETLK)``: compared arguments shown by value or as a test, the others
+    by name, those after the last compared one left out. ``placeholders`` names stand-in
+    values (``rulesets`` builds ``allow_file_read(file)`` with a stand-in fd)."""
     if not comparisons:
         return "always"
     placeholders = placeholders or {}
@@ -266,8 +266,6 @@ def describe_rule(
         else:
             kind = _kind_for(syscall, index, comparisons)
             parts.append(_comparison_text(name, kind, c, placeholders))
-    if last + 1 < len(arguments):
-        parts.append("...")
     return f"{syscall}({', '.join(parts)})"
 
 
