@@ -6,7 +6,9 @@ import argparse
 import ast
 import ctypes
 import dataclasses
+import functools
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -222,10 +224,65 @@ def list_rulesets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _learn_program(args: argparse.Namespace) -> int:
+    """Run a whole program with every compartment in learn mode, as minijail's and SAPI's
+    policy generators do: each compartment prints its learned policy when it closes."""
+    import runpy
+
+    from ._learn import learn_everything
+
+    if args.module:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as python -m does
+        try:
+            found = importlib.util.find_spec(args.module)
+        except Exception as exc:
+            raise CliError(f"cannot run {printable(args.module)!r}: {_one_line(exc)}") from None
+        if found is None:
+            raise CliError(f"cannot run {printable(args.module)!r}: no such module")
+    learn_everything()
+    if args.module:
+        sys.argv = [args.module, *args.args]
+        run: Callable[[], object] = functools.partial(
+            runpy.run_module, args.module, run_name="__main__", alter_sys=True
+        )
+    else:
+        script = os.path.abspath(args.target)
+        sys.argv = [script, *args.args]
+        sys.path.insert(0, os.path.dirname(script))
+        run = functools.partial(runpy.run_path, script, run_name="__main__")
+    print(f"# {PROG} learn: every compartment runs UNSAFE in learn mode; each prints its "
+          "learned policy to stderr when it closes", file=sys.stderr)  # fmt: skip
+    try:
+        run()
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)  # as the interpreter does with sys.exit("why")
+        return 1
+    return 0
+
+
+def _is_program(args: argparse.Namespace) -> bool:
+    if args.module:
+        if args.target is not None:
+            args.args.insert(0, args.target)
+        return True
+    if args.target is None:
+        raise CliError("give module:function, a script.py or -m module")
+    if ":" not in args.target:
+        if not os.path.isfile(args.target):
+            raise CliError(f"{printable(args.target)!r} is neither module:function nor a file")
+        return True
+    return False
+
+
 def learn(args: argparse.Namespace) -> int:
     from ._proxy import CompartmentClass, CompartmentFunction
     from ._supervised import NEVER, Definition, Supervised
 
+    if _is_program(args):
+        return _learn_program(args)
     target = _target(args.target)
     if isinstance(target, (CompartmentFunction, CompartmentClass)):
         definition = dataclasses.replace(target._definition, learn=True, fresh=False)
@@ -305,10 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="LEARN MODE IS UNSAFE: the function runs in a compartment where every "
         "syscall its policy denies is allowed and recorded. Prints a minimal suggested "
         "policy built from the builtin RuleSets, as Python code, also when the function "
-        "raises (then exits 1).",
+        "raises (then exits 1). With a script.py or -m MODULE, runs that program with "
+        "every compartment in learn mode; each prints its policy to stderr at close.",
     )  # fmt: skip
-    learn_cmd.add_argument("target", help="module:name of a module-level function")
-    learn_cmd.add_argument("args", nargs="*", help="arguments (Python literals, else strings)")
+    learn_cmd.add_argument("-m", dest="module", metavar="MODULE",
+                           help="run MODULE as a program (as python -m MODULE does), every "
+                           "compartment in learn mode")  # fmt: skip
+    learn_cmd.add_argument("target", nargs="?", help="module:name of a module-level function, "
+                           "or a script.py to run, every compartment in learn mode")  # fmt: skip
+    learn_cmd.add_argument("args", nargs=argparse.REMAINDER,
+                           help="the function's arguments (Python literals, else strings), "
+                           "or the program's")  # fmt: skip
     learn_cmd.set_defaults(run=learn)
     args = parser.parse_args(argv)
     try:

@@ -238,6 +238,27 @@ def test_learn_with_nothing_to_add_says_so() -> None:
     assert "rules = [" not in result.stdout and "import" not in result.stdout
 
 
+def _data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.write_text("hello\n")
+    return path
+
+
+def test_learn_runs_a_module_with_every_compartment_learning(tmp_path: Path) -> None:
+    result = _cli("learn", "-m", "cli_program", str(_data_file(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "first line: hello\n"
+    assert "# learned policy for compartment `first_line`:" in result.stderr
+    assert ".allow_open_readonly()" in result.stderr
+
+
+def test_learn_runs_a_script_with_its_arguments(tmp_path: Path) -> None:
+    result = _cli("learn", str(TESTS / "cli_program.py"), str(_data_file(tmp_path)), "3")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "first line: hello\n"
+    assert ".allow_open_readonly()" in result.stderr
+
+
 # -- bad targets, broken pipes ----------------------------------------------------------------
 
 
@@ -251,6 +272,11 @@ def test_a_module_that_does_not_exist_is_one_line(command: str) -> None:
 def test_a_name_the_module_lacks_is_one_line(command: str) -> None:
     line = _one_error_line(_cli(command, "cli_targets:nosuch"))
     assert "'cli_targets' has no attribute 'nosuch'" in line
+
+
+def test_a_module_to_run_that_does_not_exist_is_one_line() -> None:
+    line = _one_error_line(_cli("learn", "-m", "nosuchmodule"))
+    assert "cannot run 'nosuchmodule'" in line
 
 
 def test_an_unknown_ruleset_is_one_line() -> None:
