@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-from ._explain import condition_data, describe_rule, table
+from ._explain import condition_data, rule_text, table
 from ._landlock import PathRule, PortRule, right_names
 from ._rules import SeccompRule
 
@@ -107,13 +107,7 @@ def _entry(cls: Any, method: str, note: str) -> dict[str, Any]:
 
 def _conditional(rule: SeccompRule, names: Mapping[int, str]) -> dict[str, Any]:
     comparisons = [c.comparison for c in rule.conditions]
-    when = describe_rule(rule.syscall, comparisons, names)
-    if rule.errno is not None:
-        import errno
-
-        answer = f"→ {errno.errorcode.get(rule.errno, str(rule.errno))}"
-        when = answer if when == "always" else f"{answer} if {when}"
-    return {"syscall": rule.syscall, "allowed_when": when,
+    return {"syscall": rule.syscall, "allowed_when": rule_text(rule.syscall, rule, names),
             "conditions": condition_data(rule.syscall, comparisons, names)}  # fmt: skip
 
 

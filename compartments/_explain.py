@@ -29,7 +29,15 @@ from ._text import printable
 if TYPE_CHECKING:
     from ._context import SafetyContext
 
-__all__ = ["ARGUMENTS", "condition_data", "describe_rule", "policy_data", "policy_text", "table"]
+__all__ = [
+    "ARGUMENTS",
+    "condition_data",
+    "describe_rule",
+    "policy_data",
+    "policy_text",
+    "rule_text",
+    "table",
+]
 
 _LOW_32 = 0xFFFFFFFF
 _OPERATOR_TEXT = {code: text for text, code in OPERATORS.items()}
@@ -306,7 +314,7 @@ def policy_data(ctx: SafetyContext, name: str) -> dict[str, Any]:
             syscalls.append({
                 "syscall": syscall,
                 "ruleset": source,
-                "allowed_when": _when(syscall, rule),
+                "allowed_when": rule_text(syscall, rule),
                 "conditions": condition_data(syscall, comparisons),
                 "errno": None if rule.errno is None else _errno_name(rule.errno),
             })  # fmt: skip
@@ -377,7 +385,10 @@ def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]
     return [line(header), "  ".join("-" * w for w in widths), *map(line, everything[1:])]
 
 
-def _when(syscall: str, rule: SeccompRule, placeholders: Mapping[int, str] | None = None) -> str:
+def rule_text(
+    syscall: str, rule: SeccompRule, placeholders: Mapping[int, str] | None = None
+) -> str:
+    """When ``rule`` allows ``syscall`` (or what it answers instead: ``→ ENOSYS``)."""
     text = describe_rule(syscall, [c.comparison for c in rule.conditions], placeholders)
     if rule.errno is None:
         return text

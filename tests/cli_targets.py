@@ -65,3 +65,14 @@ def opens_then_fails(path: str) -> None:
     with open(path) as f:
         f.read()
     raise ValueError("failed after reading")
+
+
+class Escaping(Locking):
+    """A RuleSet whose name would retitle the terminal if printed raw."""
+
+    name = "Evil\x1b]0;pwned\x07"
+
+
+@compartment(rules=[Escaping()])
+def escapes() -> None:
+    pass

@@ -95,6 +95,13 @@ def test_inspect_shows_an_fd_block_as_a_range() -> None:
     assert rows and "recvmsg(fd in 64..127)" in rows[0]
 
 
+def test_inspect_escapes_control_characters_in_ruleset_names() -> None:
+    result = _cli("inspect", "cli_targets:escapes")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "Evil\\x1b]0;pwned\\x07" in result.stdout
+
+
 # -- inspect --json -----------------------------------------------------------------------
 
 
