@@ -1,7 +1,9 @@
 """The one module that touches libseccomp.
 
 pyseccomp 0.1.2 hides a few things we need (bad names give a bare EINVAL, no notify fd,
-exports need a real fd), so those are handled here and nowhere else.
+exports need a real fd), so those are handled here and nowhere else. Without libseccomp
+this module still imports (pyseccomp itself does not): its first use raises
+UnsupportedError naming the library and how to install it.
 """
 
 from __future__ import annotations
