@@ -117,7 +117,7 @@ _MMAP_FLAGS = _Kind(
     fields={0x0F: ("MAP_TYPE", _MAP_TYPES)},
 )  # fmt: skip
 _PROT = _Kind(flags=_named(mmap, "PROT_READ PROT_WRITE PROT_EXEC"))
-# <linux/sched.h>: the same on every architecture.
+# <linux/sched.h>: the same on every architecture (the MAP_* above: asm-generic values).
 _CLONE = _Kind(flags={
     0x100: "CLONE_VM", 0x200: "CLONE_FS", 0x400: "CLONE_FILES", 0x800: "CLONE_SIGHAND",
     0x1000: "CLONE_PIDFD", 0x2000: "CLONE_PTRACE", 0x4000: "CLONE_VFORK",
