@@ -63,7 +63,7 @@ def _probe_userns() -> bool:
 
 def _libseccomp_row() -> tuple[str, bool, bool, str, str]:
     if not _seccomp.available():
-        return (f"{_seccomp.LIBRARY}", False, True, "",
+        return (_seccomp.LIBRARY, False, True, "",
                 f"not found: seccomp cannot be used; {_seccomp.INSTALL_HINT}")  # fmt: skip
     version = _seccomp.libseccomp_version()
     return (f"libseccomp {'.'.join(map(str, version))}", version >= (2, 5, 0), True,
@@ -133,7 +133,7 @@ def _definition(target: Any) -> Any:
 
     if isinstance(target, (CompartmentClass, CompartmentFunction)):
         return target._definition
-    raise CliError(f"{printable(target, 100)} is not a @compartment function or class")
+    raise CliError(f"{printable(repr(target), 100)} is not a @compartment function or class")
 
 
 def _literal(text: str) -> Any:
