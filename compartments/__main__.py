@@ -157,7 +157,7 @@ def _resolved_rules(spec: str, definition: Any, call_args: list[Any]) -> list[An
     except Exception as exc:
         kind = "class's constructor" if definition.is_class else "setup"
         hint = (f"; give the {kind} arguments after the target (Python literals)"
-                if isinstance(exc, TypeError) else "")  # fmt: skip
+                if isinstance(exc, TypeError) and "argument" in str(exc) else "")  # fmt: skip
         raise CliError(
             f"`{name}` computes its rules= after setup, so its setup ran in a throwaway "
             f"compartment, which failed: {_one_line(exc)}{hint}"
