@@ -275,8 +275,10 @@ def _warm_sources(target: Any) -> None:
 _NO_USER_NOTIFICATION = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBUSY)
 
 
-def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> None:
-    """Apply the policy; hand the violation listener to the parent and keep no copy."""
+def sealing_context(rules: Iterable[Any], pid: int) -> SafetyContext:
+    """The policy a compartment seals with (and ``inspect`` shows): its RuleSets
+    (``SystemIO.nothing()`` if none), the runtime's, and the import roots readable where
+    Landlock restricts files."""
     ctx = SafetyContext().preload(codecs="none")  # the parent serves the import roots
     enabled = False
     for ruleset in rules:
@@ -286,9 +288,15 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
         from .rulesets import SystemIO
 
         ctx.enable(SystemIO.nothing())
-    for runtime in compartment_runtime(os.getpid()):  # our pid now: after an Isolate's fork
+    for runtime in compartment_runtime(pid):
         ctx.enable_yielding(runtime)
     ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
+    return ctx
+
+
+def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> None:
+    """Apply the policy; hand the violation listener to the parent and keep no copy."""
+    ctx = sealing_context(rules, os.getpid())  # our pid now: after an Isolate's fork
     _sealed_imports.prepare(listener=listener, granted=ctx._readable_paths())
     _stdio.forward_stdio(primary, {fd: ctx._allows("write", (fd, 0, 0, 0, 0, 0)) for fd in (1, 2)})
     if not listener:

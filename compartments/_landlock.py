@@ -78,6 +78,7 @@ __all__ = [
     "Scope",
     "abi_version",
     "enter_private_domain",
+    "right_names",
     "set_no_new_privs",
 ]
 
@@ -273,6 +274,13 @@ class Enforcement:
 
 def _names(mask: int, table: dict[int, tuple[str, int]]) -> list[str]:
     return [name for bit, (name, _abi) in table.items() if mask & bit]
+
+
+def right_names(rule: PathRule | PortRule | Scope) -> list[str]:
+    """The rights a rule grants (or a scope denies), by their kernel names."""
+    if isinstance(rule, Scope):
+        return [name.removeprefix("scope_") for name in _names(int(rule), _SCOPE_ABI)]
+    return _names(rule.access, _FS_RIGHT_ABI if isinstance(rule, PathRule) else _NET_RIGHT_ABI)
 
 
 def _supported(table: dict[int, tuple[str, int]], abi: int) -> int:

@@ -33,7 +33,21 @@ from ._violations import (
 )
 from .errors import RuleConflictError
 
-__all__ = ["LearnedPolicy", "learn_policy"]
+__all__ = ["LearnedPolicy", "learn_everything", "learn_policy", "learning_everything"]
+
+#: Set only by ``python -m compartments learn -m module`` / ``learn script.py``: every
+#: ``@compartment`` decorated from then on runs in learn mode, as the whole program does.
+_everything = False
+
+
+def learn_everything() -> None:
+    global _everything
+    _everything = True
+
+
+def learning_everything() -> bool:
+    return _everything
+
 
 BANNER = (
     "LEARN MODE: compartment `{name}` runs UNSAFE: every syscall its policy denies is "

@@ -15,7 +15,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from . import _wire
 from ._connection import Connection
 from ._isolate import Isolate
-from ._learn import LearnedPolicy
+from ._learn import LearnedPolicy, learning_everything
 from ._supervised import (
     GRACE_PERIOD,
     SPENT_GRACE,
@@ -454,6 +454,7 @@ def compartment(
         _check_isolate(isolate)
         if workers > 1 and (inspect.isclass(obj) or fresh):
             raise TypeError("workers= is for function compartments without fresh=True")
+        learning = learn or learning_everything()
         definition = Definition(
             target=obj,
             rules=rules if callable(rules) else tuple(rules),
@@ -463,9 +464,9 @@ def compartment(
             setup=setup,
             fresh=fresh,
             max_message=max_message,
-            learn=learn,
+            learn=learning,
             workers=workers,
-            report_violations=report_violations or learn,
+            report_violations=report_violations or learning,
             isolate=isolate,
         )
         if inspect.isclass(obj):

@@ -1,7 +1,9 @@
 """The one module that touches libseccomp.
 
 pyseccomp 0.1.2 hides a few things we need (bad names give a bare EINVAL, no notify fd,
-exports need a real fd), so those are handled here and nowhere else.
+exports need a real fd), so those are handled here and nowhere else. Without libseccomp
+this module still imports (pyseccomp itself does not): its first use raises
+UnsupportedError naming the library and how to install it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-import pyseccomp
+from typing import Any, NoReturn
 
 from ._privileges import set_no_new_privs
 from .errors import UnknownSyscallError, UnsupportedError
@@ -24,11 +25,14 @@ from .errors import UnknownSyscallError, UnsupportedError
 __all__ = [
     "Comparison",
     "CompiledRule",
+    "Filter",
+    "available",
     "build_filter",
     "export_bpf",
     "export_pfc",
     "libseccomp_version",
     "load",
+    "missing",
     "notify_fd",
     "set_no_new_privs",
     "syscall_exists",
@@ -41,6 +45,55 @@ __all__ = [
 BINARY_TREE_THRESHOLD = 16
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+LIBRARY = "libseccomp.so.2"
+INSTALL_HINT = "apt install libseccomp2 (Debian, Ubuntu) or dnf install libseccomp (Fedora)"
+
+
+class _Missing:
+    """Stands in for pyseccomp when libseccomp cannot be loaded.
+
+    ``import compartments`` still works, so ``python -m compartments check`` can say what
+    is missing and ``except UnsupportedError`` can catch it; the first use of libseccomp
+    (resolving a syscall name, building or loading a filter) raises, naming the library.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self) -> UnsupportedError:
+        return UnsupportedError(
+            errno.ELIBACC,
+            f"{LIBRARY} could not be loaded ({self.reason}): seccomp filters cannot be "
+            f"built without it; install it with {INSTALL_HINT}",
+        )
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise self.error()
+
+
+def _load_pyseccomp() -> Any:
+    # pyseccomp raises a bare RuntimeError when ctypes.util.find_library("seccomp") finds
+    # nothing, and CDLL raises OSError when the library it found cannot be loaded.
+    try:
+        import pyseccomp
+    except (RuntimeError, OSError) as exc:
+        return _Missing(str(exc) or type(exc).__name__)
+    return pyseccomp
+
+
+pyseccomp: Any = _load_pyseccomp()
+#: A libseccomp filter context (pyseccomp.SyscallFilter).
+Filter = Any
+
+
+def missing() -> UnsupportedError | None:
+    """Why libseccomp cannot be used, or None when it can."""
+    return pyseccomp.error() if isinstance(pyseccomp, _Missing) else None
+
+
+def available() -> bool:
+    return not isinstance(pyseccomp, _Missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +157,7 @@ def build_filter(
     *,
     default_action: int,
     tsync: bool,
-) -> pyseccomp.SyscallFilter:
+) -> Filter:
     """Compile rules into a libseccomp filter context (not yet loaded)."""
     rules = list(rules)
     flt = pyseccomp.SyscallFilter(default_action)
@@ -127,7 +180,7 @@ def build_filter(
     return flt
 
 
-def load(flt: pyseccomp.SyscallFilter) -> None:
+def load(flt: Filter) -> None:
     set_no_new_privs()
     try:
         flt.load()
@@ -232,7 +285,7 @@ def notification_valid(listener: int, notification_id: int) -> bool:
     return int(lib.seccomp_notify_id_valid(listener, ctypes.c_uint64(notification_id))) == 0
 
 
-def notify_fd(flt: pyseccomp.SyscallFilter) -> int:
+def notify_fd(flt: Filter) -> int:
     """The user-notification listener fd of a loaded filter (not exposed by pyseccomp)."""
     lib = pyseccomp._libseccomp
     if not hasattr(lib, "seccomp_notify_fd"):
@@ -243,7 +296,7 @@ def notify_fd(flt: pyseccomp.SyscallFilter) -> int:
     return fd
 
 
-def _export(flt: pyseccomp.SyscallFilter, exporter: str) -> bytes:
+def _export(flt: Filter, exporter: str) -> bytes:
     fd = os.memfd_create(f"compartments-{exporter}", os.MFD_CLOEXEC)
     try:
         with os.fdopen(fd, "w+b", closefd=False) as handle:
@@ -257,11 +310,11 @@ def _export(flt: pyseccomp.SyscallFilter, exporter: str) -> bytes:
         os.close(fd)
 
 
-def export_pfc(flt: pyseccomp.SyscallFilter) -> str:
+def export_pfc(flt: Filter) -> str:
     return _export(flt, "export_pfc").decode()
 
 
-def export_bpf(flt: pyseccomp.SyscallFilter) -> bytes:
+def export_bpf(flt: Filter) -> bytes:
     return _export(flt, "export_bpf")
 
 
@@ -276,24 +329,26 @@ def libseccomp_version() -> tuple[int, int, int]:
 
 
 def errno_action(number: int) -> int:
-    return int(pyseccomp.ERRNO(number))
+    return 0x00050000 | (number & 0x0000FFFF)
 
 
-ALLOW = int(pyseccomp.ALLOW)
-NOTIFY = int(pyseccomp.NOTIFY)
+# libseccomp's ABI (seccomp.h), spelled here so that this module imports without libseccomp.
+ALLOW = 0x7FFF0000
+NOTIFY = 0x7FC00000
+MASKED_EQ = 7
 _COMPARE: Mapping[str, Callable[[int, int], bool]] = {
     "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
 }  # fmt: skip
 
 OPERATORS: Mapping[str, int] = {
-    "==": pyseccomp.EQ,
-    "!=": pyseccomp.NE,
-    "<": pyseccomp.LT,
-    "<=": pyseccomp.LE,
-    ">": pyseccomp.GT,
-    ">=": pyseccomp.GE,
-    "&==": pyseccomp.MASKED_EQ,
+    "!=": 1,
+    "<": 2,
+    "<=": 3,
+    "==": 4,
+    ">=": 5,
+    ">": 6,
+    "&==": MASKED_EQ,
 }
 _OPERATOR_NAMES = {number: name for name, number in OPERATORS.items()}
 
@@ -307,7 +362,7 @@ def describe_comparisons(comparisons: Sequence[Comparison]) -> str:
     by_op = {v: k for k, v in OPERATORS.items()}
     parts = []
     for c in comparisons:
-        if c.op == pyseccomp.MASKED_EQ:
+        if c.op == MASKED_EQ:
             parts.append(f"arg{c.index} & {c.datum_a:#x} == {c.datum_b:#x}")
         else:
             parts.append(f"arg{c.index} {by_op[c.op]} {c.datum_a:#x}")

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _broker, _output
+from . import _broker, _output, _seccomp
 from ._channel import Channel
 from ._connection import Connection
 from ._fd import Fd
@@ -205,6 +205,9 @@ def get_zygote(max_message: int) -> Zygote:
 
 def zygote_for(module: str, max_message: int) -> ModuleZygote:
     """The zygote that forks compartments of ``module``."""
+    missing = _seccomp.missing()
+    if missing is not None:  # no compartment could be sealed: refuse before forking any
+        raise missing
     return get_zygote(max_message).for_module(module)
 
 
