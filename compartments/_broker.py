@@ -17,6 +17,8 @@ monitor do, and trusts nothing the compartment sends:
   allows reading there and nowhere else.
 - ``stat``/``lstat``/``newfstatat``, ``readlink``, ``access`` are emulated: the parent
   stats its copy and writes the result where the task asked, as the kernel would have.
+  So is glibc's ``fstat``, ``newfstatat(fd, "", AT_EMPTY_PATH)``, on an import-block fd:
+  the filter cannot grant it, since it cannot tell an empty path from ``/etc/shadow``.
   The directories above the roots may be stat-ed (not listed or opened): realpath() and
   Path.resolve() lstat every component.
 
@@ -50,6 +52,8 @@ __all__ = ["Request", "mode", "parse", "serve"]
 _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
+_AT_NO_AUTOMOUNT = 0x800
+_FSTATAT_FLAGS = _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT | _AT_EMPTY_PATH
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
@@ -74,13 +78,15 @@ _CALLS: dict[str, tuple[int | None, int, str]] = {
 class Request:
     """What a notification asks, decoded once from the task's memory."""
 
-    kind: str  # open, stat, lstat, readlink, access
-    path: str  # absolute, normalized: the only path ever acted on
+    kind: str  # open, stat, lstat, readlink, access, fstat (of an import-block fd)
+    path: str  # absolute, normalized: the only path ever acted on ("" for fstat)
     root: str | None  # the import root it lies under, if any
-    args: tuple[int, ...]
+    args: tuple[int, ...]  # fstat: (buffer, fd)
 
     @property
     def servable(self) -> bool:
+        if self.kind == "fstat":
+            return True
         if self.root is None:
             return self.kind != "open" and self.path in _roots.root_ancestors() and (
                 self.kind != "access" or not self.args[-1] & _W_OK
@@ -103,12 +109,17 @@ def parse(syscall: str, args: tuple[int, ...], pid: int, memory: TaskMemory) -> 
         return None
     dirfd_index, path_index, kind = call
     raw = memory.path(args[path_index])
-    if not raw or b"\0" in raw:
+    if raw is None:
+        return None
+    if syscall == "newfstatat":
+        if args[3] & ~_FSTATAT_FLAGS:
+            return None
+        if not raw:
+            return _fstat_request(args)
+    if not raw:
         return None
     if kind == "stat" and dirfd_index is not None and args[3] & _AT_SYMLINK_NOFOLLOW:
         kind = "lstat"
-    if syscall == "newfstatat" and args[3] & ~(_AT_SYMLINK_NOFOLLOW | 0x800):  # AT_NO_AUTOMOUNT
-        return None  # AT_EMPTY_PATH on an fd outside the import block: not a path request
     path = os.fsdecode(raw)
     if not path.startswith("/"):
         base = _base_directory(pid, None if dirfd_index is None else _signed32(args[dirfd_index]))
@@ -119,6 +130,16 @@ def parse(syscall: str, args: tuple[int, ...], pid: int, memory: TaskMemory) -> 
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
     return Request(kind, path, _roots.root_of(path), _call_args(syscall, kind, args))
+
+
+def _fstat_request(args: tuple[int, ...]) -> Request | None:
+    """newfstatat(fd, "", AT_EMPTY_PATH), glibc's fstat(): served for the import block
+    only. The filter cannot grant it itself: it cannot see that the path is empty, and
+    with a path the kernel resolves it (an absolute one anywhere, whatever the fd)."""
+    fd = _signed32(args[0])
+    if not args[3] & _AT_EMPTY_PATH or not IMPORT_FD_BASE <= fd < IMPORT_FD_LIMIT:
+        return None
+    return Request("fstat", "", None, (args[2], fd))
 
 
 def _call_args(syscall: str, kind: str, args: tuple[int, ...]) -> tuple[int, ...]:
@@ -216,7 +237,13 @@ def _serve_metadata(listener: int, notification: _seccomp.Notification, request:
                     memory: TaskMemory) -> bool:  # fmt: skip
     follow = request.kind in ("stat", "access")
     try:
-        if request.root is None:  # a directory above the roots: a fixed, known path
+        if request.kind == "fstat":  # what the task's own fd in its import block is
+            try:
+                result = os.stat(f"/proc/{notification.pid}/fd/{request.args[1]}")
+            except FileNotFoundError:
+                return _answer(listener, notification, errno.EBADF)
+            link = None
+        elif request.root is None:  # a directory above the roots: a fixed, known path
             result = os.stat(request.path, follow_symlinks=follow)
             link = os.readlink(request.path) if stat.S_ISLNK(result.st_mode) else None
         else:
