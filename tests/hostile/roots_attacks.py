@@ -16,7 +16,7 @@ import os
 import threading
 import time
 
-from compartments import compartment
+from compartments import Fd, compartment
 from compartments._roots import import_roots
 from compartments._seccomp import syscall_number
 from compartments.rulesets import SystemIO, Threads
@@ -426,3 +426,39 @@ def stat_through_a_served_dir(path: bytes, call: str = "newfstatat") -> tuple[in
         return _stat_with_empty_path_flag(dirfd, path, call)
     finally:
         raw("close", dirfd)
+
+
+# -- the compartment's own fds in the import block -------------------------------------------------
+
+F_GETFD = 1
+
+
+@compartment(rules=[SystemIO.nothing()])
+class FdHoarder:
+    """Fills every lower fd number, so that fds passed to it land in the import block."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, Fd] = {}
+
+    def fill_the_channel_block(self) -> int:
+        """dup3 stdin into every free number of 64-127 (fcntl F_GETFD finds them)."""
+        NR.setdefault("fcntl", syscall_number("fcntl"))
+        filled = 0
+        for number in range(64, 128):
+            if raw("fcntl", number, F_GETFD) == -errno.EBADF:
+                filled += raw("dup3", 0, number, 0) == number
+        return filled
+
+    def take(self, passed: Fd) -> int:
+        """Keep a passed fd: the number it landed on."""
+        number = passed.fileno()
+        self.kept[number] = passed
+        return number
+
+    def open_served(self) -> int:
+        return raw("openat", AT_FDCWD, STDLIB_FILE.encode(), os.O_RDONLY)
+
+    def read_kept(self, number: int) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        size = raw("read", number, ctypes.addressof(buffer), len(buffer))
+        return buffer.raw[: max(size, 0)]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import roots_attacks as attacks
 
-from compartments import _violations
+from compartments import Fd, _violations
 from compartments.errors import CompartmentCrashed, PolicyViolation
 
 DENIED = -errno.EPERM
@@ -218,6 +218,30 @@ def test_a_full_import_block_answers_emfile() -> None:
 def test_threads_opening_at_once_never_get_the_same_slot() -> None:
     outcomes = attacks.open_from_many_threads(16, 100)
     assert outcomes == {"mine": 1600, "replaced": 0, "failed": 0}
+
+
+@pytest.mark.timeout(120)
+def test_the_broker_never_replaces_an_fd_the_compartment_holds_in_the_block() -> None:
+    """ADDFD with SETFD replaces what is at the number: with every lower number taken,
+    a passed fd lands in the block, and the next served open must go beside it."""
+    with attacks.FdHoarder() as hoarder:
+        hoarder.fill_the_channel_block()
+        landed = -1
+        for _ in range(160):
+            read_end, write_end = os.pipe()
+            os.write(write_end, b"mine")
+            try:
+                landed = hoarder.take(Fd(read_end))
+            finally:
+                os.close(read_end)
+                os.close(write_end)
+            if landed >= 128:
+                break
+        assert landed >= 128
+        served = hoarder.open_served()
+        assert served >= 128
+        assert served != landed
+        assert hoarder.read_kept(landed) == b"mine"
 
 
 # -- the parent's time and resources -------------------------------------------------------------
