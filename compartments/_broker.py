@@ -260,10 +260,10 @@ def _serve_metadata(listener: int, notification: _seccomp.Notification, request:
             return _answer(listener, notification, errno.EACCES)
         return _answer(listener, notification, errno.EACCES if request.args[0] & _W_OK else 0)
     if request.kind == "readlink":
-        if link is None:
+        buffer, size = request.args[0], _signed32(request.args[1])  # the kernel's int bufsiz
+        if link is None or size <= 0:
             return _answer(listener, notification, errno.EINVAL)
-        buffer, size = request.args
-        data = os.fsencode(link)[: max(0, min(size, 4096))]
+        data = os.fsencode(link)[: min(size, 4096)]
         if not memory.write(buffer, data):
             return _answer(listener, notification, errno.EFAULT)
         return _answer(listener, notification, value=len(data))

@@ -264,6 +264,16 @@ def stat_into(address: int, path: bytes = STDLIB_FILE.encode()) -> int:
     return raw("newfstatat", AT_FDCWD, path, address, 0)
 
 
+@compartment(rules=[SystemIO.nothing()])
+def readlink_with_size(path: bytes, size: int) -> tuple[int, bytes]:
+    """readlink(path) into a 16-byte buffer followed by a canary, claiming ``size``
+    bytes: the kernel reads bufsiz as an int, so (1 << 32) + 16 means 16 and
+    0xFFFFFFFF means -1 (EINVAL)."""
+    buffer = ctypes.create_string_buffer(b"\xaa" * 64, 64)
+    result = raw("readlink", path, ctypes.addressof(buffer), size)
+    return result, buffer.raw
+
+
 # -- the import block ----------------------------------------------------------------------
 
 

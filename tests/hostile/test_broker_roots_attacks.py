@@ -190,19 +190,25 @@ def test_a_path_of_4095_bytes_and_its_nul_at_a_page_end_is_served() -> None:
     assert data.startswith(Path(attacks.STDLIB_FILE).read_bytes()[:64])
 
 
-def _symlinks_leaving_their_root(limit: int = 5) -> list[str]:
+def _symlinks_under_the_roots() -> list[str]:
     found = []
     for root in attacks.ROOTS:
         for directory, dirs, files in os.walk(root):
-            for name in dirs + files:
-                path = os.path.join(directory, name)
-                if os.path.islink(path) and _roots.root_of(path) == root:
-                    target = os.path.realpath(path)
-                    if not (target == root or target.startswith(root + "/")):
-                        found.append(path)
-            if len(found) >= limit:
-                return found
+            found += [
+                path for path in (os.path.join(directory, name) for name in dirs + files)
+                if os.path.islink(path) and _roots.root_of(path) == root
+            ]  # fmt: skip
     return found
+
+
+def _symlinks_leaving_their_root(limit: int = 5) -> list[str]:
+    found = []
+    for path in _symlinks_under_the_roots():
+        root = _roots.root_of(path)
+        target = os.path.realpath(path)
+        if root is not None and not (target == root or target.startswith(root + "/")):
+            found.append(path)
+    return found[:limit]
 
 
 @pytest.mark.timeout(120)
@@ -215,6 +221,21 @@ def test_a_symlink_under_a_root_that_leads_out_of_it_is_not_followed() -> None:
         assert attacks.open_path(link.encode()) == [DENIED, b""], link
         assert attacks.stat_path(link.encode())[0] == DENIED, link
         assert attacks.stat_path(link.encode(), nofollow=True)[0] == 0, link
+
+
+@pytest.mark.parametrize("size", [(1 << 32) + 16, 0xFFFFFFFF], ids=["int-16", "int-minus-1"])
+@pytest.mark.timeout(120)
+def test_readlink_writes_no_more_than_the_int_size_the_kernel_reads(size: int) -> None:
+    """The parent wrote min(size, 4096) bytes, the 64-bit value: past the task's buffer."""
+    links = [p for p in _symlinks_under_the_roots() if len(os.readlink(p)) > 16]
+    if not links:
+        pytest.skip("no symlink with a target over 16 bytes under the import roots here")
+    result, memory = attacks.readlink_with_size(links[0].encode(), size)
+    target = os.fsencode(os.readlink(links[0]))
+    if size == 0xFFFFFFFF:
+        assert (result, memory) == (-errno.EINVAL, b"\xaa" * 64)
+    else:
+        assert (result, memory) == (16, target[:16] + b"\xaa" * 48)
 
 
 @pytest.mark.timeout(120)
