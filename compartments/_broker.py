@@ -43,7 +43,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _roots, _seccomp
+from . import _installer, _roots, _seccomp
 from ._memory import TaskMemory
 from .rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
 
@@ -176,14 +176,19 @@ _unavailable: dict[str, str] = {}
 
 
 def serve(
-    listener: int, notification: _seccomp.Notification, request: Request, memory: TaskMemory
-) -> bool:
-    """Answer a servable request; False if it could not be served (a denial, then)."""
+    listener: int, notification: _seccomp.Notification, request: Request, memory: TaskMemory,
+    owner: object | None = None,
+) -> bool:  # fmt: skip
+    """Answer a servable request; False if it could not be served (a denial, then).
+
+    ``owner`` (the monitor's object for this listener): install opened fds on that
+    compartment's own installer thread (``_installer``), not this one.
+    """
     if _unavailable or not _same_mount_namespace(notification.pid):
         return False
     try:
         if request.kind == "open":
-            return _serve_open(listener, notification, request)
+            return _serve_open(listener, notification, request, owner)
         return _serve_metadata(listener, notification, request, memory)
     except _Unavailable as exc:
         _unavailable.setdefault("reason", str(exc))
@@ -196,7 +201,8 @@ def _answer(listener: int, notification: _seccomp.Notification, error: int = 0,
     return True
 
 
-def _serve_open(listener: int, notification: _seccomp.Notification, request: Request) -> bool:
+def _serve_open(listener: int, notification: _seccomp.Notification, request: Request,
+                owner: object | None) -> bool:  # fmt: skip
     flags = request.args[-1]
     wanted = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     wanted |= flags & (os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -207,22 +213,37 @@ def _serve_open(listener: int, notification: _seccomp.Notification, request: Req
     try:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            os.close(fd)
             return False  # a device or fifo under a root: not what imports read
         if not flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
-        slot = _free_slot(notification.pid)
-        if slot is None:
-            return _answer(listener, notification, errno.EMFILE)
-        try:
-            _seccomp.add_fd(listener, notification.id, fd, at=slot,
-                            cloexec=bool(flags & os.O_CLOEXEC))  # fmt: skip
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP):
-                raise _Unavailable(f"SECCOMP_IOCTL_NOTIF_ADDFD: {exc.strerror}") from None
-            return _answer(listener, notification, errno.EPERM)  # the task died meanwhile
-        return True
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    job = _installer.Job(notification.id, notification.pid, fd, bool(flags & os.O_CLOEXEC))
+    if owner is None:
+        try:
+            _install(listener, job)
+        finally:
+            os.close(fd)
+    else:
+        _installer.submit(owner, listener, job, _install)  # now owns fd
+    return True
+
+
+def _install(listener: int, job: _installer.Job) -> None:
+    """Put the parent's copy in the task's import block, answering its open with it
+    (ADDFD waits until the task has run: on the compartment's installer thread)."""
+    slot = _free_slot(job.pid)
+    if slot is None:
+        _installer.deny(listener, job.notification_id, errno.EMFILE)
+        return
+    try:
+        _seccomp.add_fd(listener, job.notification_id, job.fd, at=slot, cloexec=job.cloexec)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP):
+            _unavailable.setdefault("reason", f"SECCOMP_IOCTL_NOTIF_ADDFD: {exc.strerror}")
+        _installer.deny(listener, job.notification_id, errno.EPERM)  # or the task died
 
 
 def _refused(listener: int, notification: _seccomp.Notification, exc: OSError) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import roots_attacks as attacks
 
-from compartments import Fd, _roots, _violations
+from compartments import Fd, _roots, _seccomp, _violations
 from compartments.errors import CompartmentCrashed, PolicyViolation
 
 DENIED = -errno.EPERM
@@ -357,3 +357,32 @@ def test_a_sibling_gets_its_violation_promptly_while_another_floods_served_stats
             assert str(secret) in (info.value.decoded or "")
     finally:
         flood.join()
+
+
+@pytest.mark.timeout(60)
+def test_a_sibling_gets_its_violation_promptly_while_an_install_is_stalled(
+    secret: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADDFD returns only once the target thread has run: a compartment that keeps that
+    thread off the CPU (pinned beside 128 busy threads: 80 ms a request, 0.8 s at worst,
+    measured) held the monitor thread, and every other compartment's reports with it,
+    at e3ba364. Here the stall is simulated in the parent, 3 s for each install."""
+    attacks.victim_reads(attacks.STDLIB_FILE)  # started, so only the violation is timed
+    attacks.open_path(STDLIB_FILE)
+    add_fd = _seccomp.add_fd
+
+    def stalled(*args: Any, **kwargs: Any) -> int:
+        time.sleep(3.0)
+        return add_fd(*args, **kwargs)
+
+    monkeypatch.setattr(_seccomp, "add_fd", stalled)
+    opener = threading.Thread(target=attacks.open_path, args=(STDLIB_FILE,))
+    opener.start()
+    try:
+        time.sleep(0.5)  # the open is in flight, its install stalled
+        started = time.monotonic()
+        with pytest.raises(PolicyViolation):
+            attacks.victim_reads(str(secret))
+        assert time.monotonic() - started < PROMPT
+    finally:
+        opener.join()
