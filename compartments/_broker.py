@@ -14,7 +14,8 @@ monitor do, and trusts nothing the compartment sends:
   Opens are read-only, of regular files and directories only; the copy is installed in
   the task's import block (fds 128-191, ``rulesets.runtime``) with
   ``SECCOMP_IOCTL_NOTIF_ADDFD``, which answers the syscall in the same step. The filter
-  allows reading there and nowhere else.
+  allows reading there and nowhere else. ADDFD waits for the task to run, so it is done
+  on the compartment's own installer thread (``_installer``), never the monitor's.
 - ``stat``/``lstat``/``newfstatat``, ``readlink``, ``access`` are emulated: the parent
   stats its copy and writes the result where the task asked, as the kernel would have.
   So is glibc's ``fstat``, ``newfstatat(fd, "", AT_EMPTY_PATH)``, on an import-block fd:
