@@ -472,3 +472,28 @@ class FdHoarder:
         buffer = ctypes.create_string_buffer(64)
         size = raw("read", number, ctypes.addressof(buffer), len(buffer))
         return buffer.raw[: max(size, 0)]
+
+
+@compartment(rules=[SystemIO.nothing(), Threads.nothing().allow_create()])
+def open_once_from_threads(threads: int) -> dict[int, int]:
+    """``threads`` threads each open a stdlib file at the same moment: results by errno
+    (0: served)."""
+    start = threading.Barrier(threads)
+    results: list[int] = []
+
+    def run() -> None:
+        start.wait()
+        fd = raw("openat", AT_FDCWD, STDLIB_FILE.encode(), os.O_RDONLY)
+        results.append(min(fd, 0))
+        if fd >= 0:
+            raw("close", fd)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    counts: dict[int, int] = {}
+    for result in results:
+        counts[-result] = counts.get(-result, 0) + 1
+    return counts

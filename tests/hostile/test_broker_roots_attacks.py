@@ -18,6 +18,7 @@ import roots_attacks as attacks
 
 from compartments import Fd, _roots, _seccomp, _violations
 from compartments.errors import CompartmentCrashed, PolicyViolation
+from compartments.rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
 
 DENIED = -errno.EPERM
 STDLIB = attacks.STDLIB
@@ -386,3 +387,36 @@ def test_a_sibling_gets_its_violation_promptly_while_an_install_is_stalled(
         assert time.monotonic() - started < PROMPT
     finally:
         opener.join()
+
+
+@pytest.mark.timeout(120)
+def test_a_compartment_whose_installs_stall_holds_a_bounded_number_of_parent_fds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each open waiting for its install holds the parent's copy of the file: at most
+    64 wait per compartment, the others are answered EMFILE at once."""
+    attacks.open_once_from_threads(2)
+    before = parent_fds()
+    add_fd = _seccomp.add_fd
+
+    def stalled(*args: Any, **kwargs: Any) -> int:
+        time.sleep(0.05)
+        return add_fd(*args, **kwargs)
+
+    monkeypatch.setattr(_seccomp, "add_fd", stalled)
+    found: dict[str, Any] = {}
+    opener = threading.Thread(
+        target=lambda: found.update(counts=attacks.open_once_from_threads(100))
+    )
+    opener.start()
+    most = before
+    while opener.is_alive():
+        most = max(most, parent_fds())
+        time.sleep(0.01)
+    opener.join()
+    counts = found["counts"]
+    assert sum(counts.values()) == 100
+    assert set(counts) <= {0, errno.EMFILE}
+    assert counts.get(errno.EMFILE, 0) > 0
+    assert most - before <= IMPORT_FD_LIMIT - IMPORT_FD_BASE + 8
+    assert settled_fds(before) <= before
