@@ -65,6 +65,7 @@ class _Installer:
         self.listener = os.dup(listener)
         self.install = install
         self.jobs: deque[Job] = deque()
+        self.current: Job | None = None  # being installed
         self.ready = threading.Condition(_lock)
         self.thread = threading.Thread(target=self._run, name="compartments-installer",
                                        daemon=True)  # fmt: skip
@@ -72,11 +73,13 @@ class _Installer:
     def _run(self) -> None:
         try:
             while (job := self._next()) is not None:
+                self.current = job
                 try:
                     self.install(self.listener, job)
                 except Exception:  # an install is not worth the compartment's others
                     deny(self.listener, job.notification_id, errno.EPERM)
                 finally:
+                    self.current = None
                     os.close(job.fd)
                     _done()
         finally:
@@ -100,6 +103,25 @@ _queued = [0]  # jobs submitted and not yet done, in all installers
 def _done() -> None:
     with _lock:
         _queued[0] -= 1
+
+
+def _forget_in_child() -> None:
+    """A forked copy of the parent has no installer threads: it closes their listeners
+    and files, which would otherwise keep the compartments' listeners open (their
+    notifications unanswered) for as long as the fork lives."""
+    global _lock
+    inherited = list(_installers.values())
+    _lock = threading.Lock()
+    _installers.clear()
+    _queued[0] = 0
+    for installer in inherited:
+        jobs = [*installer.jobs, *([installer.current] if installer.current else [])]
+        for fd in (installer.listener, *(job.fd for job in jobs)):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _start(owner: object, listener: int, install: Install) -> _Installer | None:

@@ -5,6 +5,7 @@ parent than one request's work at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -420,3 +421,27 @@ def test_a_compartment_whose_installs_stall_holds_a_bounded_number_of_parent_fds
     assert counts.get(errno.EMFILE, 0) > 0
     assert most - before <= IMPORT_FD_LIMIT - IMPORT_FD_BASE + 8
     assert settled_fds(before) <= before
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_of_the_parent_keeps_no_installer_listener_open() -> None:
+    """An installer holds a copy of its compartment's listener; a fork of the parent
+    that kept it would keep the listener open, its notifications unanswered."""
+    assert attacks.open_path(STDLIB_FILE)[0] >= 128  # an installer is alive for 0.5 s
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the fork reports through the pipe
+        try:
+            links = []
+            for name in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):
+                    links.append(os.readlink(f"/proc/self/fd/{name}"))
+            os.write(write_end, str(sum("seccomp" in link for link in links)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        assert os.read(read_end, 64) == b"0"
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
