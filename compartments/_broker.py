@@ -14,9 +14,12 @@ monitor do, and trusts nothing the compartment sends:
   Opens are read-only, of regular files and directories only; the copy is installed in
   the task's import block (fds 128-191, ``rulesets.runtime``) with
   ``SECCOMP_IOCTL_NOTIF_ADDFD``, which answers the syscall in the same step. The filter
-  allows reading there and nowhere else.
+  allows reading there and nowhere else. ADDFD waits for the task to run, so it is done
+  on the compartment's own installer thread (``_installer``), never the monitor's.
 - ``stat``/``lstat``/``newfstatat``, ``readlink``, ``access`` are emulated: the parent
   stats its copy and writes the result where the task asked, as the kernel would have.
+  So is glibc's ``fstat``, ``newfstatat(fd, "", AT_EMPTY_PATH)``, on an import-block fd:
+  the filter cannot grant it, since it cannot tell an empty path from ``/etc/shadow``.
   The directories above the roots may be stat-ed (not listed or opened): realpath() and
   Path.resolve() lstat every component.
 
@@ -46,7 +49,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _roots, _seccomp
+from . import _installer, _roots, _seccomp
 from ._memory import TaskMemory
 from .rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
 
@@ -55,6 +58,8 @@ __all__ = ["Request", "mode", "parse", "serve"]
 _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
+_AT_NO_AUTOMOUNT = 0x800
+_FSTATAT_FLAGS = _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT | _AT_EMPTY_PATH
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
@@ -79,14 +84,16 @@ _CALLS: dict[str, tuple[int | None, int, str]] = {
 class Request:
     """What a notification asks, decoded once from the task's memory."""
 
-    kind: str  # open, stat, lstat, readlink, access
-    path: str  # absolute, normalized: the only path ever acted on
+    kind: str  # open, stat, lstat, readlink, access, fstat (of an import-block fd)
+    path: str  # absolute, normalized: the only path ever acted on ("" for fstat)
     root: str | None  # the import root it lies under, if any
-    args: tuple[int, ...]
+    args: tuple[int, ...]  # fstat: (buffer, fd)
     directory: bool = False  # spelled with a trailing slash: only a directory will do
 
     @property
     def servable(self) -> bool:
+        if self.kind == "fstat":
+            return True
         if self.root is None:
             return self.kind != "open" and self.path in _roots.root_ancestors() and (
                 self.kind != "access" or not self.args[-1] & _W_OK
@@ -109,12 +116,17 @@ def parse(syscall: str, args: tuple[int, ...], pid: int, memory: TaskMemory) -> 
         return None
     dirfd_index, path_index, kind = call
     raw = memory.path(args[path_index])
-    if not raw or b"\0" in raw:
+    if raw is None:
+        return None
+    if syscall == "newfstatat":
+        if args[3] & ~_FSTATAT_FLAGS:
+            return None
+        if not raw:
+            return _fstat_request(args)
+    if not raw:
         return None
     if kind == "stat" and dirfd_index is not None and args[3] & _AT_SYMLINK_NOFOLLOW:
         kind = "lstat"
-    if syscall == "newfstatat" and args[3] & ~(_AT_SYMLINK_NOFOLLOW | 0x800):  # AT_NO_AUTOMOUNT
-        return None  # AT_EMPTY_PATH on an fd outside the import block: not a path request
     path = os.fsdecode(raw)
     if not path.startswith("/"):
         if not _same_mount_namespace(pid):
@@ -128,6 +140,16 @@ def parse(syscall: str, args: tuple[int, ...], pid: int, memory: TaskMemory) -> 
         path = "/" + path.lstrip("/")
     directory = raw.endswith(b"/")
     return Request(kind, path, _roots.root_of(path), _call_args(syscall, kind, args), directory)
+
+
+def _fstat_request(args: tuple[int, ...]) -> Request | None:
+    """newfstatat(fd, "", AT_EMPTY_PATH), glibc's fstat(): served for the import block
+    only. The filter cannot grant it itself: it cannot see that the path is empty, and
+    with a path the kernel resolves it (an absolute one anywhere, whatever the fd)."""
+    fd = _signed32(args[0])
+    if not args[3] & _AT_EMPTY_PATH or not IMPORT_FD_BASE <= fd < IMPORT_FD_LIMIT:
+        return None
+    return Request("fstat", "", None, (args[2], fd))
 
 
 def _call_args(syscall: str, kind: str, args: tuple[int, ...]) -> tuple[int, ...]:
@@ -164,14 +186,19 @@ _unavailable: dict[str, str] = {}
 
 
 def serve(
-    listener: int, notification: _seccomp.Notification, request: Request, memory: TaskMemory
-) -> bool:
-    """Answer a servable request; False if it could not be served (a denial, then)."""
+    listener: int, notification: _seccomp.Notification, request: Request, memory: TaskMemory,
+    owner: object | None = None,
+) -> bool:  # fmt: skip
+    """Answer a servable request; False if it could not be served (a denial, then).
+
+    ``owner`` (the monitor's object for this listener): install opened fds on that
+    compartment's own installer thread (``_installer``), not this one.
+    """
     if _unavailable:
         return False
     try:
         if request.kind == "open":
-            return _serve_open(listener, notification, request)
+            return _serve_open(listener, notification, request, owner)
         return _serve_metadata(listener, notification, request, memory)
     except _Unavailable as exc:
         _unavailable.setdefault("reason", str(exc))
@@ -184,7 +211,8 @@ def _answer(listener: int, notification: _seccomp.Notification, error: int = 0,
     return True
 
 
-def _serve_open(listener: int, notification: _seccomp.Notification, request: Request) -> bool:
+def _serve_open(listener: int, notification: _seccomp.Notification, request: Request,
+                owner: object | None) -> bool:  # fmt: skip
     flags = request.args[-1]
     wanted = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     wanted |= flags & (os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -197,22 +225,37 @@ def _serve_open(listener: int, notification: _seccomp.Notification, request: Req
     try:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            os.close(fd)
             return False  # a device or fifo under a root: not what imports read
         if not flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
-        slot = _free_slot(notification.pid)
-        if slot is None:
-            return _answer(listener, notification, errno.EMFILE)
-        try:
-            _seccomp.add_fd(listener, notification.id, fd, at=slot,
-                            cloexec=bool(flags & os.O_CLOEXEC))  # fmt: skip
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP):
-                raise _Unavailable(f"SECCOMP_IOCTL_NOTIF_ADDFD: {exc.strerror}") from None
-            return _answer(listener, notification, errno.EPERM)  # the task died meanwhile
-        return True
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    job = _installer.Job(notification.id, notification.pid, fd, bool(flags & os.O_CLOEXEC))
+    if owner is None:
+        try:
+            _install(listener, job)
+        finally:
+            os.close(fd)
+    else:
+        _installer.submit(owner, listener, job, _install)  # now owns fd
+    return True
+
+
+def _install(listener: int, job: _installer.Job) -> None:
+    """Put the parent's copy in the task's import block, answering its open with it
+    (ADDFD waits until the task has run: on the compartment's installer thread)."""
+    slot = _free_slot(job.pid)
+    if slot is None:
+        _installer.deny(listener, job.notification_id, errno.EMFILE)
+        return
+    try:
+        _seccomp.add_fd(listener, job.notification_id, job.fd, at=slot, cloexec=job.cloexec)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP):
+            _unavailable.setdefault("reason", f"SECCOMP_IOCTL_NOTIF_ADDFD: {exc.strerror}")
+        _installer.deny(listener, job.notification_id, errno.EPERM)  # or the task died
 
 
 def _refused(listener: int, notification: _seccomp.Notification, exc: OSError) -> bool:
@@ -227,7 +270,13 @@ def _serve_metadata(listener: int, notification: _seccomp.Notification, request:
                     memory: TaskMemory) -> bool:  # fmt: skip
     follow = request.kind in ("stat", "access")
     try:
-        if request.root is None:  # a directory above the roots: a fixed, known path
+        if request.kind == "fstat":  # what the task's own fd in its import block is
+            try:
+                result = os.stat(f"/proc/{notification.pid}/fd/{request.args[1]}")
+            except FileNotFoundError:
+                return _answer(listener, notification, errno.EBADF)
+            link = None
+        elif request.root is None:  # a directory above the roots: a fixed, known path
             result = os.stat(request.path, follow_symlinks=follow)
             link = os.readlink(request.path) if stat.S_ISLNK(result.st_mode) else None
         else:
@@ -246,10 +295,10 @@ def _serve_metadata(listener: int, notification: _seccomp.Notification, request:
             return _answer(listener, notification, errno.EACCES)
         return _answer(listener, notification, errno.EACCES if request.args[0] & _W_OK else 0)
     if request.kind == "readlink":
-        if link is None:
+        buffer, size = request.args[0], _signed32(request.args[1])  # the kernel's int bufsiz
+        if link is None or size <= 0:
             return _answer(listener, notification, errno.EINVAL)
-        buffer, size = request.args
-        data = os.fsencode(link)[: max(0, min(size, 4096))]
+        data = os.fsencode(link)[: min(size, 4096)]
         if not memory.write(buffer, data):
             return _answer(listener, notification, errno.EFAULT)
         return _answer(listener, notification, value=len(data))

@@ -696,7 +696,7 @@ class ViolationMonitor:
             if listener.learn:
                 _seccomp.respond(listener.fd, notification.id, proceed=True)
                 return True
-            return _broker.serve(listener.fd, notification, request, memory)
+            return _broker.serve(listener.fd, notification, request, memory, owner=listener)
         except Exception as exc:  # a request is not worth the monitor: deny it instead
             log.error("serving a read of compartment `%s` failed (%s)",
                       printable(listener.compartment), type(exc).__name__)  # fmt: skip

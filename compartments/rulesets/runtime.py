@@ -100,11 +100,13 @@ class ChannelRuntime(BuiltinRuleSet):
 
 
 # Reading a file the parent opened read-only: what open(), dlopen() and os.listdir() do
-# with it. ioctl only TCGETS (open() asks isatty(); a regular file answers ENOTTY);
-# fstat also as glibc spells it, newfstatat/statx(fd, "", AT_EMPTY_PATH).
+# with it. ioctl only TCGETS (open() asks isatty(); a regular file answers ENOTTY).
+# fstat as glibc spells it, newfstatat(fd, "", AT_EMPTY_PATH), is *not* granted here:
+# the filter cannot see that the path is empty, and with a path (an absolute one
+# ignores the fd) the kernel would stat anything. The parent serves it (``_broker``);
+# statx(fd, "", AT_EMPTY_PATH) stays denied (Rust's std falls back to fstat).
 IMPORT_READ = ("read", "readv", "pread64", "preadv", "preadv2", "lseek", "fstat", "getdents64")
 _TCGETS = 0x5401
-_AT_EMPTY_PATH = 0x1000
 
 
 class ImportRootsRuntime(BuiltinRuleSet):
@@ -122,10 +124,6 @@ class ImportRootsRuntime(BuiltinRuleSet):
                     _in_import_block("fcntl").and_condition(Arg(1, bits=32) == command)
                     for command in SAFE_COMMANDS["fcntl"]
                 ),
-                _in_import_block("newfstatat").and_condition(
-                    Arg(3) & _AT_EMPTY_PATH == _AT_EMPTY_PATH
-                ),
-                _in_import_block("statx").and_condition(Arg(2) & _AT_EMPTY_PATH == _AT_EMPTY_PATH),
             ],
         )
         self._simple = granted._simple
