@@ -224,9 +224,11 @@ def _serve_open(listener: int, notification: _seccomp.Notification, request: Req
         return _refused(listener, notification, exc)
     try:
         mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or not mode & stat.S_IROTH:
+            # A device or fifo under a root is not what imports read; a file others may
+            # not read is not the environment's to share (a root parent could open it).
             os.close(fd)
-            return False  # a device or fifo under a root: not what imports read
+            return False
         if not flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
     except BaseException:

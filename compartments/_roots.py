@@ -78,8 +78,24 @@ def root_ancestors() -> frozenset[str]:
     return frozenset(found)
 
 
+@functools.lru_cache(maxsize=1)
+def _excluded() -> tuple[str, ...]:
+    """site-packages directories inside a root that are not roots themselves: the base
+    interpreter's own, inside its stdlib, when a venv does not use it."""
+    found = []
+    for root in import_roots():
+        for name in ("site-packages", "dist-packages"):
+            inner = os.path.join(root, name)
+            if inner not in import_roots() and os.path.isdir(inner):
+                found.append(inner)
+    return tuple(found)
+
+
 def root_of(path: str) -> str | None:
     """The deepest root that lexically contains ``path`` (absolute and normalized)."""
+    for excluded in _excluded():
+        if path == excluded or path.startswith(excluded + "/"):
+            return None
     for root in import_roots():
         if path == root or path.startswith(root + "/"):
             return root
@@ -113,6 +129,7 @@ def lexically_under(path: str) -> bool:
 def warm() -> None:
     """Compute everything once before forking, so a compartment pays nothing for it."""
     _spellings()
+    _excluded()
     root_ancestors()
     for entry in sys.path:
         if isinstance(entry, str):

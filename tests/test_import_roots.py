@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import granted_pkg
@@ -43,6 +44,12 @@ def lazy_import_under_landlock() -> str:
 @compartment(rules=[SystemIO.nothing().allow_read_path("/etc/hostname")])
 def read_beside_the_grant(path: str) -> str:
     with open(path) as f:
+        return f.read()
+
+
+@compartment(rules=[SystemIO.nothing()])
+def read_a_file(path: str) -> bytes:
+    with open(path, "rb") as f:
         return f.read()
 
 
@@ -241,3 +248,40 @@ def test_a_lazy_import_from_the_app_directory_names_the_module_and_the_fix() -> 
 @pytest.mark.timeout(60)
 def test_an_isolate_imports_lazily_from_the_roots_too() -> None:
     assert lazy_import_in_an_isolate() == "imported"
+
+
+@pytest.fixture
+def private_file_under_site_packages() -> Iterator[str]:
+    import sysconfig
+
+    path = os.path.join(sysconfig.get_paths()["purelib"], f"_compartments_private_{os.getpid()}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"not for others")
+        os.close(fd)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+@pytest.mark.timeout(60)
+def test_a_file_under_a_root_that_others_may_not_read_is_not_served(
+    private_file_under_site_packages: str,
+) -> None:
+    from compartments.errors import PolicyViolation
+
+    with pytest.raises(PolicyViolation) as info:
+        read_a_file(private_file_under_site_packages)
+    assert private_file_under_site_packages in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_the_base_interpreters_unused_site_packages_is_not_a_root() -> None:
+    from compartments.errors import PolicyViolation
+
+    if not _roots._excluded():
+        pytest.skip("the base interpreter has no site-packages inside its stdlib here")
+    inner = os.path.join(_roots._excluded()[0], "compartments-probe")
+    assert _roots.root_of(inner) is None
+    with pytest.raises(PolicyViolation):
+        read_a_file(inner)
