@@ -265,9 +265,15 @@ def _resolve(spec: dict[str, Any]) -> Any:
 
 
 def _warm_sources(target: Any) -> None:
+    warm_sources(sys.modules.get(getattr(target, "__module__", ""), None))
+
+
+def warm_sources(module: Any) -> None:
+    """Cache the sources of ``module`` and the framework for tracebacks after the seal
+    (the zygote does it before forking, so a compartment mostly finds them cached)."""
     import compartments
 
-    modules = [sys.modules.get(getattr(target, "__module__", ""), None), compartments]
+    modules = [module, compartments]
     modules += [m for name, m in sys.modules.items() if name.startswith("compartments.")]
     _traceback.warm_linecache([m for m in modules if m is not None])
 

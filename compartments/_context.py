@@ -75,6 +75,11 @@ def _errno_clash(rule: SeccompRule, source: str, other: SeccompRule, other_sourc
     )
 
 
+#: The base sets' grants, merged once per process (a fork inherits them): every
+#: compartment's seal starts from them, on its spawn path.
+_base_grants: _Grants | None = None
+
+
 class SafetyContext:
     """A default-deny seccomp policy built from named RuleSets.
 
@@ -106,8 +111,12 @@ class SafetyContext:
         self._landlock_scope = Scope.NONE
         self._preload: list[str] = []
         self._codecs = "common"
-        for base in (BasicCapabilities(), CPythonRuntime()):
-            self._merge(base, yielding=False)
+        global _base_grants
+        if _base_grants is None:
+            for base in (BasicCapabilities(), CPythonRuntime()):
+                self._merge(base, yielding=False)
+            _base_grants = self._grants.copy()
+        self._grants = _base_grants.copy()
 
     # -- building -------------------------------------------------------------------
 

@@ -130,7 +130,8 @@ def prepare(*, listener: bool = True, granted: Iterable[str] = ()) -> list[str]:
     kept: list[str] = []
     for entry in sys.path:
         keep = isinstance(entry, str) and bool(entry) and (
-            _roots.under_roots(entry) or finder._readable(os.path.realpath(entry))
+            _roots.under_roots(entry)
+            or (bool(readable) and finder._readable(os.path.realpath(entry)))
         )  # fmt: skip
         (kept if keep else removed).append(entry)
     sys.path[:] = kept

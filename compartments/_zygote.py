@@ -105,7 +105,9 @@ def _spawn(params: list[Any], _channel: object) -> int:
     module = str(spec["module"])
     if _module is None or module_key(module) != _module:
         raise ValueError(f"this zygote forks compartments of `{_module}`, not of `{module}`")
-    import_target_module(module)  # before fork: later forks reuse it
+    loaded = import_target_module(module)  # before fork: later forks reuse it
+    # Read the sources tracebacks show once here, not in every child's spawn path.
+    _child.warm_sources(loaded)
     _flush_stdio()
     zygote_pid = os.getpid()
     pid = os.fork()
@@ -237,11 +239,14 @@ def main() -> None:
 
     import encodings.idna  # noqa: F401 - sockets look it up lazily: spare the broker
 
-    from . import _child, _roots, _sealed_imports  # noqa: F401 - import all they need, once
+    from . import _child, _roots, _sealed_imports
 
     served, reason = config.get("imports", (False, "not told"))
     _sealed_imports.configure(bool(served), str(reason))
     _roots.warm()
+    # Warm what every seal builds (the base and runtime RuleSets, syscall numbers), so
+    # that a fresh fork does not build it again on its spawn path.
+    _child.sealing_context([], os.getpid())._build(tsync=True)
 
     _serve(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=control_fd), "zygote")
     os._exit(0)

@@ -15,6 +15,8 @@ Two more needs of ordinary code on itself: signalling its own process (``abort()
 
 from __future__ import annotations
 
+import functools
+
 from .._floor import SETFL_REFUSED
 from .._rules import Arg, SeccompRule
 from ._builder import BuiltinRuleSet
@@ -182,4 +184,12 @@ def compartment_runtime(pid: int) -> list[BuiltinRuleSet]:
     """Every framework RuleSet a compartment whose pid is ``pid`` seals with, after its
     own RuleSets (enabled yielding: a RuleSet's simple grant of a syscall replaces their
     conditions on it). What ``inspect`` and the example show as a compartment's policy."""
-    return [ChannelRuntime(), ImportRootsRuntime(), SelfSignals(pid), TerminalQuery()]
+    channels, imports, terminal = _fixed_runtime()
+    return [channels, imports, SelfSignals(pid), terminal]
+
+
+@functools.cache
+def _fixed_runtime() -> tuple[BuiltinRuleSet, BuiltinRuleSet, BuiltinRuleSet]:
+    """Built once (in the zygote, which warms it): a compartment's seal is on its spawn
+    path, and building these costs more than a millisecond in a fresh fork."""
+    return ChannelRuntime(), ImportRootsRuntime(), TerminalQuery()
