@@ -28,7 +28,8 @@ test: $(STAMP)
 # that decode frames: the parent, the zygote and every compartment use it alike.
 test-purepython: $(STAMP)
 	MSGPACK_PUREPYTHON=1 $(PY) -m pytest tests/test_wire.py tests/test_hostile_wire.py \
-		tests/test_channel.py tests/test_trailing_bytes.py tests/test_runtime.py tests/hostile
+		tests/test_channel.py tests/test_trailing_bytes.py tests/test_runtime.py tests/hostile \
+		tests/test_remote_logging.py tests/test_stdio_forward.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compartments tests examples bench
