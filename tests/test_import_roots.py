@@ -285,3 +285,25 @@ def test_the_base_interpreters_unused_site_packages_is_not_a_root() -> None:
     assert _roots.root_of(inner) is None
     with pytest.raises(PolicyViolation):
         read_a_file(inner)
+
+
+PRELOAD_WHEN_NOT_SERVED = """
+import sys
+from compartments import _sealed_imports
+assert "encodings.cp1252" not in sys.modules
+_sealed_imports.configure(served=sys.argv[1] == "served", reason="a kernel before 5.14")
+print("encodings.cp1252" in sys.modules, "encodings.mac_roman" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("served", "preloaded"), [("served", "False False"),
+                                                   ("not", "True True")])  # fmt: skip
+def test_a_zygote_preloads_every_codec_only_where_nothing_is_served(
+    served: str, preloaded: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PRELOAD_WHEN_NOT_SERVED, served],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == preloaded
