@@ -16,17 +16,19 @@ from typing import Any
 
 __all__ = ["flush"]
 
-_refused: list[Any] = []  # the stream objects themselves: identity, never reused
+_refused: list[Any] = []  # the stream objects themselves, kept alive so ids stay theirs
+_refused_ids: set[int] = set()
 
 
 def flush() -> None:
     """Flush sys.stdout and sys.stderr, but not one whose flush was refused before."""
     for stream in (sys.stdout, sys.stderr):
-        if stream is None or any(stream is refused for refused in _refused):
+        if stream is None or id(stream) in _refused_ids:
             continue
         try:
             stream.flush()
         except OSError:  # denied by the policy (reported), or the pipe is gone
             _refused.append(stream)
+            _refused_ids.add(id(stream))
         except Exception:  # closed or replaced by something without flush()
             pass

@@ -82,6 +82,8 @@ class ChannelStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if not self._pending:  # every call ends with a flush: nothing to do, no lock
+            return
         with self._lock:
             self._send_pending()
 
