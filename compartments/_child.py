@@ -373,8 +373,9 @@ class _Compartment:
             return self._control(method, params)
         try:
             return self._call(method, params)
-        finally:  # what the call printed is written (or refused, and reported) now
-            _sealed_stdio.flush()
+        finally:  # what the call printed goes out now (or is refused, and reported), and
+            _sealed_stdio.flush()  # so does the count of log records it dropped
+            _remote_log.flush_drops()
 
     def _call(self, method: str, params: list[Any]) -> Any:
         args, kwargs = _split_params(method, params)
@@ -451,8 +452,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             _report_setup_failure(primary, start.msgid, exc)
             _exit(1)
         primary.send(*_wire.encode_response(start.msgid, None, os.getpid()))
-        handle = _remote_log.flushing_drops(compartment.handle)
-        server = Server(primary, handle, max_message=compartment.max_message)
+        server = Server(primary, compartment.handle, max_message=compartment.max_message)
         compartment.server = server
         server.serve_forever()
     except SystemExit as stop:

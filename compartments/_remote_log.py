@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 from . import _wire
 from ._channel import Channel
@@ -50,7 +50,6 @@ __all__ = [
     "ForwardingHandler",
     "RemoteLog",
     "flush_drops",
-    "flushing_drops",
     "forward_records",
     "level_for",
 ]
@@ -231,21 +230,6 @@ def flush_drops() -> None:
     handler = _handler
     if handler is not None and handler.dropped:
         handler.report_drops()
-
-
-_Served = TypeVar("_Served")
-
-
-def flushing_drops(serve: Callable[..., _Served]) -> Callable[..., _Served]:
-    """``serve``, reporting after each request the records it dropped (see flush_drops)."""
-
-    def served(*args: Any) -> _Served:
-        try:
-            return serve(*args)
-        finally:
-            flush_drops()
-
-    return served
 
 
 # -- in the parent ------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ._stdio import ChannelStream
+
 __all__ = ["flush"]
 
 _refused: list[Any] = []  # the stream objects themselves, kept alive so ids stay theirs
@@ -22,7 +24,12 @@ _refused_ids: set[int] = set()
 
 def flush() -> None:
     """Flush sys.stdout and sys.stderr, but not one whose flush was refused before."""
-    for stream in (sys.stdout, sys.stderr):
+    out, err = sys.stdout, sys.stderr
+    if type(out) is ChannelStream and type(err) is ChannelStream and not (
+        out._pending or err._pending
+    ):
+        return  # the usual case, once per call: nothing to flush, nothing to call
+    for stream in (out, err):
         if stream is None or id(stream) in _refused_ids:
             continue
         try:
