@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from compartments import Proxy, RuleSet, SafetyContext
 from compartments._landlock import abi_version
-from compartments.rulesets.runtime import ChannelRuntime
+from compartments.rulesets.runtime import compartment_runtime
 
 from .client import LANDLOCK_NET_ABI, ReadClient, WriteClient, client_rules
 from .database import Database, database_rules_for
@@ -35,7 +35,10 @@ __all__ = [
 HOST = "127.0.0.1"
 MESSAGES = ("hello", "extrasafe")
 #: The framework's own RuleSets, enabled in every compartment.
-RUNTIME_RULESETS = frozenset({"BasicCapabilities", "CPythonRuntime", "CompartmentRuntime"})
+RUNTIME_RULESETS = frozenset({
+    "BasicCapabilities", "CPythonRuntime", "CompartmentRuntime", "ImportRootsRuntime",
+    "SelfSignals", "TerminalQuery",
+})  # fmt: skip
 #: Syscalls worth naming when they are denied.
 NOTABLE = (
     "open", "openat", "socket", "connect", "bind", "listen", "accept4", "execve", "clone",
@@ -54,11 +57,13 @@ def start(compartment_class: Any, *args: Any, **kwargs: Any) -> Proxy:
 
 def sealed_context(rulesets: Sequence[RuleSet]) -> SafetyContext:
     """The policy a compartment sealed with these RuleSets runs under: the RuleSets plus
-    the runtime's channel rules, exactly as the child builds it before sealing."""
+    the runtime's own (its channels, reading the import roots, signals to itself), as the
+    child builds it before sealing."""
     context = SafetyContext()
     for ruleset in rulesets:
         context.enable(ruleset)
-    context.enable_yielding(ChannelRuntime())
+    for runtime in compartment_runtime(os.getpid()):  # the child's pid, in the child
+        context.enable_yielding(runtime)
     return context
 
 
@@ -88,8 +93,9 @@ class CompartmentPolicy:
             else f"{ruleset.name}: nothing"
             for ruleset in self.rulesets
         ]
-        lines.append("runtime (every compartment): memory, signals, futexes, exit, close, "
-                     "its RPC channels (fds 64-127 only)")
+        lines.append("runtime (every compartment): memory, signals to itself, futexes, exit, "
+                     "close, its RPC channels (fds 64-127 only), reading the stdlib and "
+                     "site-packages the parent opens for it (fds 128-191 only)")
         if self.landlock:
             lines.append(f"Landlock: {self.landlock}")
         denied = [name for name in NOTABLE if name not in allowed]
