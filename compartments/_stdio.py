@@ -25,6 +25,7 @@ from typing import Any
 
 from ._channel import Channel
 from ._output import BYTES_PER_SECOND
+from ._text import printable
 from ._wire import encode_notification
 from .errors import ProtocolError
 
@@ -149,7 +150,7 @@ def receive(params: Any, compartment: str) -> tuple[bool, bytes, int]:
         or params[2] < 0
     ):
         raise ProtocolError(
-            f"compartment `{compartment}` sent a malformed `{METHOD}` notification "
+            f"compartment `{printable(compartment)}` sent a malformed `{METHOD}` notification "
             "(expected [1 or 2, bytes, dropped count])"
         )
     text = params[1]
