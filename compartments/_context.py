@@ -245,7 +245,7 @@ class SafetyContext:
         if syscall in self._grants.simple:
             return True
         return any(
-            rule.errno is None and all(c.comparison.holds(args) for c in rule.conditions)
+            rule.errno is None and rule.holds_for(args)
             for _, rule in self._grants.conditional.get(syscall, ())
         )
 

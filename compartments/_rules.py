@@ -119,6 +119,10 @@ class SeccompRule:
     conditions: tuple[Condition, ...] = ()
     errno: int | None = None
 
+    def holds_for(self, args: Sequence[int]) -> bool:
+        """Whether every condition is true for these syscall arguments."""
+        return all(c.comparison.holds(args) for c in self.conditions)
+
     def and_condition(self, condition: Condition) -> SeccompRule:
         if not isinstance(condition, Condition):
             raise TypeError(

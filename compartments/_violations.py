@@ -217,7 +217,7 @@ class Grant:
         if syscall in self.simple:
             return True
         return any(
-            rule.syscall == syscall and rule.errno is None and _all_hold(rule, args)
+            rule.syscall == syscall and rule.errno is None and rule.holds_for(args)
             for rule in self.conditional
         )
 
@@ -228,7 +228,7 @@ class Grant:
         (clone, openat): the grant covers the job without ever running this syscall.
         """
         for rule in self.conditional:
-            if rule.syscall == syscall and rule.errno is not None and _all_hold(rule, args):
+            if rule.syscall == syscall and rule.errno is not None and rule.holds_for(args):
                 return rule.errno
         return None
 
@@ -241,10 +241,6 @@ class Grant:
     @property
     def is_server_grant(self) -> bool:
         return self.method.startswith("allow_start_") and self.method.endswith("_servers")
-
-
-def _all_hold(rule: SeccompRule, args: Sequence[int]) -> bool:
-    return all(c.comparison.holds(args) for c in rule.conditions)
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ import time
 import warnings
 
 import pytest
+from relayed import relayed
 
 from compartments import _output, compartment
 from compartments.rulesets import SystemIO
@@ -45,24 +46,11 @@ def stream_kind() -> tuple[str, str]:
     return type(sys.stdout).__name__, type(sys.stderr).__name__
 
 
-def _relayed(
-    capfd: pytest.CaptureFixture[str], until: str, timeout: float = 10.0
-) -> tuple[str, str]:
-    out = err = ""
-    deadline = time.monotonic() + timeout
-    while until not in out + err and time.monotonic() < deadline:
-        _output.relay().flush(1.0)
-        o, e = capfd.readouterr()
-        out, err = out + o, err + e
-        time.sleep(0.01)
-    return out, err
-
-
 def test_print_without_a_write_grant_reaches_the_parents_stdout(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     assert prints(["hello from inside"]) == 1
-    out, _ = _relayed(capfd, "hello from inside")
+    out, _ = relayed(capfd, "hello from inside")
     assert "[prints] hello from inside\n" in out
 
 
@@ -70,13 +58,13 @@ def test_stderr_without_a_write_grant_reaches_the_parents_stderr(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     prints(["an error line"], to_stderr=True)
-    _, err = _relayed(capfd, "an error line")
+    _, err = relayed(capfd, "an error line")
     assert "[prints] an error line\n" in err
 
 
 def test_forwarded_text_is_escaped(capfd: pytest.CaptureFixture[str]) -> None:
     prints(["\x1b]0;owned\x07\x1b[2Jred"])
-    out, _ = _relayed(capfd, "red")
+    out, _ = relayed(capfd, "red")
     assert "\x1b" not in out and "\\x1b]0;owned\\x07" in out
 
 
@@ -90,7 +78,7 @@ def test_a_policy_that_grants_stdout_keeps_the_real_stream(
 ) -> None:
     assert prints_with_a_grant() is True
     prints_with_a_grant.close()  # a pipe is block-buffered: the text goes at exit
-    out, _ = _relayed(capfd, "through the pipe")
+    out, _ = relayed(capfd, "through the pipe")
     assert "[prints_with_a_grant] through the pipe\n" in out
 
 
@@ -105,6 +93,6 @@ def test_a_print_flood_is_bounded_and_its_drops_reported(
     assert floods(200_000) == 200_000  # 20 MB: the call returns, the parent keeps up
     elapsed = time.monotonic() - started
     floods.close()
-    out, err = _relayed(capfd, "dropped", timeout=15.0)
+    out, err = relayed(capfd, "dropped", timeout=15.0)
     assert out.count("\n") <= 2 * _output.LINES_PER_SECOND * (elapsed + 2)
     assert "[floods] [output over its budget" in err

@@ -4,14 +4,14 @@ pass as another process's line, reach a terminal unescaped, or grow or stall the
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from relayed import relayed
 from stdio_attacks import MALFORMED, MiB, OutForger
 
-from compartments import _output, _stdio
+from compartments import _output
 from compartments.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,24 +23,13 @@ def forger() -> Iterator[Any]:
         yield compartment_
 
 
-def _relayed(capfd: pytest.CaptureFixture[str], until: str) -> tuple[str, str]:
-    out = err = ""
-    deadline = time.monotonic() + 10
-    while until not in out + err and time.monotonic() < deadline:
-        _output.relay().flush(1.0)
-        o, e = capfd.readouterr()
-        out, err = out + o, err + e
-        time.sleep(0.01)
-    return out, err
-
-
 def test_a_megabytes_long_forged_line_is_cut_to_one_chunk(
     forger: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     forger.huge(8 * MiB)
     assert forger.ping() == 1
     forger.close()  # what is cut loses its newline: the line ends when the process does
-    out, _ = _relayed(capfd, "more bytes cut")
+    out, _ = relayed(capfd, "more bytes cut")
     line = next(x for x in out.splitlines() if x.startswith("[OutForger] A"))
     assert len(line) < _output.LINE_CAP + 100
 
@@ -49,7 +38,7 @@ def test_forged_lines_never_pass_as_another_process(
     forger: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     forger.fake_prefix()
-    out, _ = _relayed(capfd, "carriage")
+    out, _ = relayed(capfd, "carriage")
     lines = [x for x in out.splitlines() if x]
     assert lines and all(x.startswith("[OutForger] ") for x in lines)
     assert "\r" not in out
@@ -61,7 +50,7 @@ def test_forged_drop_counts_do_not_overflow_the_report(
     forger.forged_drops(10_000)
     assert forger.ping() == 1
     forger.close()
-    _, err = _relayed(capfd, "dropped")
+    _, err = relayed(capfd, "dropped")
     assert "[OutForger] [output over its budget" in err
     reported = int(err.split("dropped ", 1)[1].split(" ", 1)[0])
     assert reported <= 10_000 * 2**48
@@ -73,7 +62,3 @@ def test_a_malformed_out_notification_fails_the_compartment(forger: Any, kind: s
         forger.malformed(kind)
     with OutForger() as again:
         assert again.ping() == 1
-
-
-def test_the_chunk_limit_is_what_the_child_sends_at_most() -> None:
-    assert _stdio.MAX_CHUNK < _output.BYTES_PER_SECOND
