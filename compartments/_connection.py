@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import select
 import threading
 import time
@@ -24,8 +25,8 @@ from .errors import CallTimeout, ProtocolError
 
 __all__ = ["Connection"]
 
-# Replies to timed-out calls may still arrive; remember that many msgids to drop them.
-_ABANDONED_MEMORY = 1024
+_log = logging.getLogger("compartments")
+
 # A sender waiting for room re-checks this often whether it should read for everyone.
 _SEND_POLL_SLICE = 0.05
 # The reader waiting for another thread's frame to go out looks at the lock this often.
@@ -33,12 +34,33 @@ _BUSY_POLL_SLICE = 0.005
 
 
 class _Slot:
-    __slots__ = ("done", "error", "value")
+    """Where one call's reply lands. ``callback`` (if any) is run once it has, by the
+    thread that read it, after that thread has let go of the reader's role and every lock:
+    a callback may call the same compartment again."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "callback", "deadline", "done", "eager", "error", "method", "on_timeout", "value",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        callback: Callable[[_Slot], None] | None = None,
+        method: str = "",
+        deadline: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
+        *,
+        eager: bool = False,
+    ) -> None:
+        #: The callback only hands the result on (to an event loop): it may run while
+        #: the reader still reads, so an await is not held up by another thread's call.
+        self.eager = eager
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self.callback = callback
+        self.method = method
+        self.deadline = deadline
+        self.on_timeout = on_timeout
 
 
 NotificationHandler = Callable[[str, list[Any]], None]
@@ -69,7 +91,20 @@ class Connection:
         self.explain_failure = explain_failure
         self._ids = itertools.count(1)
         self._pending: dict[int, _Slot] = {}
-        self._abandoned: deque[int] = deque(maxlen=_ABANDONED_MEMORY)
+        # Calls whose caller stopped waiting (a timeout, a cancelled await): their late
+        # replies are dropped. Only the parent adds to it, one per call it gave up on.
+        self._abandoned: set[int] = set()
+        # Replies read for slots with callbacks, to run once the reader has let go.
+        self._ready: list[_Slot] = []
+        self._eager: list[_Slot] = []
+        #: An event loop's watch on this connection's fd, per loop (see _calls).
+        self.watches: dict[Any, Any] = {}
+        # One-shot hooks run when the reader's role is next released (an event loop that
+        # found another thread reading and stopped watching the fd meanwhile).
+        self._release_hooks: list[Callable[[], None]] = []
+        # Calls sent by submit(): a settler thread reads for them while nobody else does.
+        self._background: deque[tuple[int, _Slot]] = deque()
+        self._settler: threading.Thread | None = None
         # `with self._lock` (C-level) wherever the condition's own lock is all we need;
         # Condition.__enter__/__exit__ are Python frames, and this is the hot path.
         self._lock = threading.Lock()
@@ -119,7 +154,7 @@ class Connection:
         while mine is None:
             if deadline is not None and not self._readable_before(deadline):
                 with self._lock:
-                    self._abandoned.append(msgid)  # its reply may still come: drop it then
+                    self._abandoned.add(msgid)  # its reply may still come: drop it then
                 raise CallTimeout(self.name, method, timeout or 0.0)
             mine = self._read_once(msgid, nonblocking=deadline is not None)
         self.responses_seen += 1
@@ -288,7 +323,117 @@ class Connection:
     def _abandon(self, msgid: int, slot: _Slot) -> None:
         with self._lock:
             if self._pending.pop(msgid, None) is not None:
-                self._abandoned.append(msgid)
+                self._abandoned.add(msgid)
+
+    def abandon(self, call: tuple[int, _Slot]) -> bool:
+        """Stop waiting for a call (a cancelled await): its reply, when it comes, is
+        dropped. False if the reply had already arrived."""
+        msgid = call[0]
+        with self._lock:
+            if self._pending.pop(msgid, None) is None:
+                return False
+            self._abandoned.add(msgid)
+            return True
+
+    # -- settling without a waiting caller -------------------------------------------
+
+    def start_background_call(
+        self,
+        method: str,
+        params: Sequence[Any],
+        callback: Callable[[_Slot], None],
+        *,
+        timeout: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> tuple[int, _Slot]:
+        """Send a call whose reply settles itself: a settler thread reads while no
+        caller does, and ``callback`` runs when the reply (or the failure) is in."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        slot = _Slot(callback, method, deadline, on_timeout)
+        msgid = self._send_request(method, params, None, timeout, slot)
+        with self._lock:
+            if slot.done:
+                return msgid, slot
+            self._background.append((msgid, slot))
+            if self._settler is not None:
+                return msgid, slot
+            settler = self._settler = threading.Thread(
+                target=self._settle_background, name=f"compartments-settle-{self.name}",
+                daemon=True,
+            )  # fmt: skip
+        settler.start()
+        return msgid, slot
+
+    def start_watched_call(
+        self,
+        method: str,
+        params: Sequence[Any],
+        callback: Callable[[_Slot], None],
+        *,
+        names: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, _Slot]:
+        """Send a call whose reply someone else watches for (an event loop reading
+        the fd through :meth:`read_if_free`); ``callback`` runs when it is in."""
+        slot = _Slot(callback, method, eager=True)
+        return self._send_request(method, params, names, timeout, slot), slot
+
+    def read_if_free(self) -> bool:
+        """Read what has arrived, unless another thread holds the reader's role.
+
+        For an event loop's reader callback: never blocks. False when another thread is
+        reading: it delivers what comes, and the loop should look again once it lets go
+        (:meth:`when_reader_free`)."""
+        if not self._claim_reader_if_free():
+            return False
+        try:
+            self._read_once(nonblocking=True)
+        except BaseException:  # recorded: every pending call has its error
+            pass
+        finally:
+            self._release_reader()
+        return True
+
+    def when_reader_free(self, hook: Callable[[], None]) -> bool:
+        """Run ``hook`` when the current reader lets go; False (and no hook) if nobody
+        reads now, so the caller can read at once."""
+        with self._lock:
+            if not self._reading:
+                return False
+            self._release_hooks.append(hook)
+            return True
+
+    def _settle_background(self) -> None:
+        """The settler: wait, as any caller would, for the oldest background call, until
+        none is left. A call that misses its deadline fails with CallTimeout."""
+        while True:
+            with self._lock:
+                queue = self._background
+                while queue and queue[0][1].done:
+                    queue.popleft()
+                if not queue:
+                    self._settler = None
+                    return
+                msgid, slot = queue[0]
+            remaining = None if slot.deadline is None else slot.deadline - time.monotonic()
+            try:
+                self.wait((msgid, slot), slot.method, max(remaining, 0.0) if remaining is not None
+                          else None)  # fmt: skip
+            except CallTimeout as late:
+                self._expire(slot, late)
+            except BaseException:  # the slot has its error; its callback reports it
+                pass
+
+    def _expire(self, slot: _Slot, late: CallTimeout) -> None:
+        with self._lock:
+            if slot.done:
+                return
+            slot.error = late
+            slot.done = True
+        if slot.on_timeout is not None:
+            with contextlib.suppress(Exception):
+                slot.on_timeout()
+        _run_callback(slot)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -316,6 +461,11 @@ class Connection:
                     self._dispatch(message)
         except (ProtocolError, OSError) as exc:
             self._fail(exc)
+        if self._eager:
+            with self._lock:
+                eager, self._eager = self._eager, []
+            for slot in eager:
+                _run_callback(slot)
         return found
 
     def _claim_reader_if_free(self) -> bool:
@@ -330,6 +480,14 @@ class Connection:
             self._reading = False
             if self._waiters:
                 self._cond.notify_all()
+            if not (self._ready or self._release_hooks):
+                return
+            ready, self._ready = self._ready, []
+            hooks, self._release_hooks = self._release_hooks, []
+        for slot in ready:
+            _run_callback(slot)
+        for hook in hooks:
+            _run_hook(hook)
 
     def _readable_before(self, deadline: float) -> bool:
         remaining = deadline - time.monotonic()
@@ -354,6 +512,7 @@ class Connection:
             slot = self._pending.pop(response.msgid, None)
             if slot is None:
                 if response.msgid in self._abandoned:
+                    self._abandoned.discard(response.msgid)
                     return
                 raise ProtocolError(
                     f"`{self.name}` answered msgid {response.msgid}, which was never sent"
@@ -364,6 +523,8 @@ class Connection:
             else:
                 slot.value = response.result
             slot.done = True
+            if slot.callback is not None:
+                (self._eager if slot.eager else self._ready).append(slot)
             if self._waiters:
                 self._cond.notify_all()
 
@@ -385,11 +546,26 @@ class Connection:
             for slot in self._pending.values():
                 slot.error = self._failure
                 slot.done = True
+                if slot.callback is not None:
+                    self._ready.append(slot)
             self._pending.clear()
+            self._abandoned.clear()
+            self._ready.extend(self._eager)
+            self._eager.clear()
             self._cond.notify_all()
             failure = self._failure
+            # With no reader to hand them to, the failed calls' callbacks run here.
+            ready: list[_Slot] = []
+            hooks: list[Callable[[], None]] = []
+            if not self._reading:
+                ready, self._ready = self._ready, []
+                hooks, self._release_hooks = self._release_hooks, []
         self.channel.close()
         self._decoder.close()
+        for slot in ready:
+            _run_callback(slot)
+        for hook in hooks:
+            _run_hook(hook)
         raise failure
 
     def fail(self, cause: BaseException) -> None:
@@ -400,3 +576,21 @@ class Connection:
     def close(self) -> None:
         self.channel.close()
         self._decoder.close()
+
+
+def _run_callback(slot: _Slot) -> None:
+    callback = slot.callback
+    if callback is None:
+        return
+    slot.callback = None
+    try:
+        callback(slot)
+    except Exception:
+        _log.exception("a compartment call's completion callback raised")
+
+
+def _run_hook(hook: Callable[[], None]) -> None:
+    try:
+        hook()
+    except Exception:
+        _log.exception("a compartment channel's release hook raised")

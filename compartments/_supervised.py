@@ -284,12 +284,25 @@ class Supervised:
     ) -> Any:
         conn = self.connection()
         timeout = self.definition.timeout if timeout is None else timeout
+        return self.send(
+            conn, method, args, kwargs, timeout,
+            lambda params: conn.call(method, params, timeout=timeout),
+        )  # fmt: skip
+
+    def send(
+        self,
+        conn: Connection,
+        method: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        send: Callable[[list[Any]], T],
+    ) -> T:
+        """``send([args, kwargs])`` on ``conn``, with compartment arguments brokered into
+        direct lines first; a call that cannot be sent in time kills the stuck child."""
         args, kwargs, brokered = _broker_peers(self.name, args, kwargs, timeout)
         try:
-            return send_call(
-                self.definition, method, args, kwargs,
-                lambda params: conn.call(method, params, timeout=timeout),
-            )  # fmt: skip
+            return send_call(self.definition, method, args, kwargs, send)
         except CallTimeout:
             self._kill_stuck(conn, method, timeout)
             raise

@@ -1,0 +1,210 @@
+"""Calls that do not block the caller: Futures that settle on their own as replies
+arrive, and awaits that hold no thread (the event loop watches the channel's fd).
+
+Both ride on the connection's leader/follower reading: whoever reads delivers every reply,
+so a Future settles, and an await resumes, whichever thread or loop read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ._connection import Connection, _Slot
+from ._supervised import Supervised
+from .errors import CallTimeout
+
+__all__ = ["call_async", "submit"]
+
+
+def _timeout_for(supervised: Supervised, timeout: float | None) -> float | None:
+    return supervised.definition.timeout if timeout is None else timeout
+
+
+def submit(
+    supervised: Supervised,
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> concurrent.futures.Future[Any]:
+    """Send the call now; the Future is already running (``cancel()`` is False, as for an
+    Executor's task that started) and settles when the reply arrives."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+    conn = supervised.connection()
+    timeout = _timeout_for(supervised, timeout)
+
+    def settle(slot: _Slot) -> None:
+        if slot.error is not None:
+            future.set_exception(slot.error)
+        else:
+            future.set_result(slot.value)
+
+    def stuck() -> None:
+        supervised._kill_stuck(conn, method, timeout)
+
+    supervised.send(
+        conn, method, args, kwargs, timeout,
+        lambda params: conn.start_background_call(
+            method, params, settle, timeout=timeout, on_timeout=stuck
+        ),
+    )  # fmt: skip
+    return future
+
+
+class _Watch:
+    """One event loop watching one connection's fd while it has calls awaiting there.
+
+    The loop reads only when no thread holds the reader's role; when one does, the loop
+    stops watching (the fd would stay readable until that thread reads) and looks again
+    once the thread lets go."""
+
+    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self.conn = conn
+        self.loop = loop
+        self.fd = conn.channel.fileno()
+        self.count = 0
+        self.armed = False
+
+    def retain(self) -> None:
+        self.count += 1
+        if not self.armed:
+            self._arm()
+
+    def release(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._disarm()
+            if self.conn.watches.get(self.loop) is self:
+                del self.conn.watches[self.loop]
+
+    def _arm(self) -> None:
+        if self.conn.failure is not None:
+            return  # every awaiting call has its error already
+        with contextlib.suppress(OSError, ValueError):
+            self.loop.add_reader(self.fd, self._readable)
+            self.armed = True
+
+    def _disarm(self) -> None:
+        if self.armed:
+            self.armed = False
+            with contextlib.suppress(OSError, ValueError):
+                self.loop.remove_reader(self.fd)
+
+    def _readable(self) -> None:
+        if self.conn.read_if_free():
+            return
+        self._disarm()
+        if not self.conn.when_reader_free(self._rearm_soon):
+            self._arm()  # the other reader let go meanwhile
+
+    def _rearm_soon(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing awaits
+            self.loop.call_soon_threadsafe(self._rearm)
+
+    def _rearm(self) -> None:
+        if self.count and not self.armed:
+            self._arm()
+
+
+_starting: dict[Supervised, concurrent.futures.Future[Connection]] = {}
+_starting_lock = threading.Lock()
+
+
+def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[Connection]:
+    """The compartment's connection, from one thread that starts the child however many
+    awaits ask for it at once."""
+    with _starting_lock:
+        future = _starting.get(supervised)
+        if future is not None:
+            return future
+        future = _starting[supervised] = concurrent.futures.Future()
+
+    def start() -> None:
+        try:
+            conn = supervised.connection()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(conn)
+        finally:
+            with _starting_lock:
+                _starting.pop(supervised, None)
+
+    threading.Thread(target=start, name=f"compartments-start-{supervised.name}").start()
+    return future
+
+
+def _watch(conn: Connection, loop: asyncio.AbstractEventLoop) -> _Watch:
+    watch = conn.watches.get(loop)
+    if watch is None:
+        watch = conn.watches[loop] = _Watch(conn, loop)
+    return watch
+
+
+async def call_async(
+    supervised: Supervised,
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Any:
+    """Await a call without a thread. Cancelling stops the wait, never the call
+    mid-frame: the compartment finishes it, and its late reply is dropped."""
+    loop = asyncio.get_running_loop()
+    if supervised.is_running():
+        conn = supervised.connection()
+    else:  # a first spawn or a restart blocks: not on the loop
+        conn = await asyncio.wrap_future(_connection_soon(supervised))
+    timeout = _timeout_for(supervised, timeout)
+    result: asyncio.Future[Any] = loop.create_future()
+    loop_thread = threading.get_ident()
+    watch = _watch(conn, loop)
+
+    def deliver(slot: _Slot) -> None:
+        watch.release()
+        if result.done():
+            return
+        if slot.error is not None:
+            result.set_exception(slot.error)
+        else:
+            result.set_result(slot.value)
+
+    def settle(slot: _Slot) -> None:  # in whichever thread read the reply
+        if threading.get_ident() == loop_thread:
+            deliver(slot)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+                loop.call_soon_threadsafe(deliver, slot)
+
+    watch.retain()
+    try:
+        call = supervised.send(
+            conn, method, args, kwargs, timeout,
+            lambda params: conn.start_watched_call(method, params, settle, timeout=timeout),
+        )  # fmt: skip
+    except BaseException:
+        watch.release()
+        raise
+
+    def expire() -> None:
+        if conn.abandon(call):
+            watch.release()
+            result.set_exception(CallTimeout(supervised.name, method, timeout or 0.0))
+            supervised._kill_stuck(conn, method, timeout)
+
+    timer = None if timeout is None else loop.call_later(timeout, expire)
+    try:
+        return await result
+    except asyncio.CancelledError:
+        if conn.abandon(call):  # its reply will be dropped; deliver() will not run
+            watch.release()
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
