@@ -12,7 +12,15 @@ from ._isolate import Bind, Isolate, IsolateResult
 from ._landlock import Scope
 from ._learn import LearnedPolicy
 from ._pool import Pool
-from ._proxy import CompartmentClass, CompartmentFunction, Proxy, RestartPolicy, compartment
+from ._proxy import (
+    CompartmentClass,
+    CompartmentFunction,
+    Control,
+    Proxy,
+    RestartPolicy,
+    compartment,
+    control,
+)
 from ._rules import Arg, RuleSet, SeccompRule
 from ._violations import Violation
 from ._wire import Fd
@@ -22,6 +30,7 @@ __all__ = [
     "Bind",
     "CompartmentClass",
     "CompartmentFunction",
+    "Control",
     "Fd",
     "Isolate",
     "IsolateResult",
@@ -35,5 +44,6 @@ __all__ = [
     "SeccompRule",
     "Violation",
     "compartment",
+    "control",
     "errors",
 ]

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import inspect
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import _wire
-from ._connection import Connection
+from . import _calls, _wire
 from ._isolate import Isolate
 from ._learn import LearnedPolicy, learning_everything
 from ._supervised import (
-    GRACE_PERIOD,
     SPENT_GRACE,
     Definition,
     Remote,
@@ -25,10 +23,8 @@ from ._supervised import (
     RestartSpec,
     Supervised,
     restart_policy,
-    send_call,
 )
 from ._violations import Violation
-from .errors import CallTimeout
 
 __all__ = ["CompartmentClass", "CompartmentFunction", "Proxy", "RestartPolicy", "compartment"]
 
@@ -38,31 +34,15 @@ T = TypeVar("T")
 
 # -- what users hold ------------------------------------------------------------------
 
-_aio_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_aio_lock = threading.Lock()
-
-
-def _aio_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _aio_executor
-    with _aio_lock:
-        if _aio_executor is None:
-            _aio_executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=32, thread_name_prefix="compartments-aio"
-            )
-        return _aio_executor
-
-
-async def _in_thread(call: Callable[[], T]) -> T:
-    """Await a blocking call. Cancelling stops the wait, never the call mid-frame."""
-    return await asyncio.get_running_loop().run_in_executor(_aio_pool(), call)
-
-
 _background_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_background_lock = threading.Lock()
 
 
 def _background() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for the calls that block before they are sent: a ``fresh=True`` call spawns
+    its child first, and ``workers=N`` waits for a free worker."""
     global _background_pool
-    with _aio_lock:
+    with _background_lock:
         if _background_pool is None:
             _background_pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=32, thread_name_prefix="compartments-submit"
@@ -70,86 +50,47 @@ def _background() -> concurrent.futures.ThreadPoolExecutor:
         return _background_pool
 
 
-#: How often a thread waiting on another's settling of a Future checks its own deadline.
-_SETTLE_SLICE = 0.05
+class _AsyncFunction(Generic[P, R]):
+    """``await parse.aio(data)``: the same call, awaitable, holding no thread."""
 
+    def __init__(self, function: CompartmentFunction[P, R]) -> None:
+        self._function = function
 
-class _PendingCall(concurrent.futures.Future[Any]):
-    """A Future for a call already sent; waiting on it reads the channel."""
-
-    def __init__(
-        self, supervised: Supervised, conn: Connection, pending: Any, timeout: float | None
-    ) -> None:
-        super().__init__()
-        self._call_state = (supervised, conn, pending, timeout)
-        self._settle_lock = threading.Lock()
-
-    def _settle(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Another thread may be settling it: wait for that in slices, so our own timeout
-        # holds, and take over if that thread stops waiting first.
-        while not self._settle_lock.acquire(timeout=_SETTLE_SLICE):
-            if self.done():
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise concurrent.futures.TimeoutError()
-        try:
-            if deadline is not None:
-                timeout = max(0.0, deadline - time.monotonic())
-            self._settle_holding_lock(timeout)
-        finally:
-            self._settle_lock.release()
-
-    def _settle_holding_lock(self, timeout: float | None) -> None:
-        if self.done():
-            return
-        supervised, conn, pending, call_timeout = self._call_state
-        waiting_only = timeout is not None and (call_timeout is None or timeout < call_timeout)
-        try:
-            value = conn.wait(
-                pending, "__call__", timeout if waiting_only else call_timeout,
-                abandon_on_timeout=not waiting_only,
-            )  # fmt: skip
-        except CallTimeout as late:
-            if waiting_only:
-                raise concurrent.futures.TimeoutError() from None
-            supervised._kill_stuck(conn, "__call__", call_timeout)
-            self.set_exception(late)
-        except BaseException as exc:
-            self.set_exception(exc)
-        else:
-            self.set_result(value)
-
-    def result(self, timeout: float | None = None) -> Any:
-        self._settle(timeout)
-        return super().result(0)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._settle(timeout)
-        return super().exception(0)
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        function = self._function
+        if function._definition.fresh or function._definition.workers > 1:
+            return await asyncio.wrap_future(function.submit(*args, **kwargs))
+        return await _calls.call_async(  # type: ignore[no-any-return]
+            function._supervised_instance(), "__call__", args, kwargs, function._timeout
+        )
 
 
 class _AsyncMethods:
-    """``await proxy.aio.method(...)``: the same calls, awaitable."""
+    """``await compartments.control(store).aio.get()``: a class's methods, awaitable."""
 
-    def __init__(self, call: Callable[[str, tuple[Any, ...], dict[str, Any]], Any]) -> None:
-        self._call = call
+    def __init__(self, supervised: Supervised, timeout: float | None) -> None:
+        self._supervised = supervised
+        self._timeout = timeout
 
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method.startswith("_"):
-            raise AttributeError(method)
+    def __getattr__(self, method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        if method.startswith("_") or method not in _methods_of(self._supervised.definition):
+            raise AttributeError(
+                f"compartment class `{self._supervised.name}` has no public method `{method}`"
+            )
+        supervised, timeout = self._supervised, self._timeout
 
         async def remote(*args: Any, **kwargs: Any) -> Any:
-            return await _in_thread(functools.partial(self._call, method, args, kwargs))
+            return await _calls.call_async(supervised, method, args, kwargs, timeout)
 
+        remote.__name__ = method
         return remote
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return await _in_thread(functools.partial(self._call, "__call__", args, kwargs))
 
 
 class CompartmentFunction(Remote, Generic[P, R]):
-    """A module-level function that runs in its own sealed child process."""
+    """A module-level function that runs in its own sealed child process.
+
+    Besides calling it, ``fn.submit(...)`` returns a Future and ``await fn.aio(...)``
+    awaits the call; ``compartments.control(fn)`` has the process controls."""
 
     def __init__(
         self,
@@ -180,25 +121,15 @@ class CompartmentFunction(Remote, Generic[P, R]):
         return self._supervised_instance().call(method, args, kwargs, self._timeout)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
-        """Send the call now and return a Future: many calls in flight at once.
+        """Send the call now and return a Future that settles when the reply arrives:
+        many calls in flight at once, run by the compartment in order, back to back.
 
-        The reply is read when someone waits on a Future (``result()``/``exception()``),
-        so collect them; the compartment still runs the calls in order, back to back.
-        """
+        As with an Executor, the Future is running once the call is sent, so ``cancel()``
+        then returns False; ``fresh=True`` and ``workers=N`` calls wait for a child first
+        and can be cancelled until then."""
         if self._definition.fresh or self._definition.workers > 1:
             return _background().submit(self._call, "__call__", args, kwargs)
-        supervised = self._supervised_instance()
-        conn = supervised.connection()
-        timeout = self._timeout
-        try:
-            pending = send_call(
-                self._definition, "__call__", args, kwargs,
-                lambda params: conn.start_call("__call__", params, timeout=timeout),
-            )  # fmt: skip
-        except CallTimeout:
-            supervised._kill_stuck(conn, "__call__", timeout)
-            raise
-        return _PendingCall(supervised, conn, pending, timeout)
+        return _calls.submit(self._supervised_instance(), "__call__", args, kwargs, self._timeout)
 
     def _workers(self) -> Any:
         if self._owner is not None:
@@ -223,9 +154,9 @@ class CompartmentFunction(Remote, Generic[P, R]):
             return self._supervised
 
     @property
-    def aio(self) -> _AsyncMethods:
-        """``await parse.aio(data)``: call without blocking the event loop."""
-        return _AsyncMethods(self._call)
+    def aio(self) -> _AsyncFunction[P, R]:
+        """``await parse.aio(data)``: call without blocking the event loop or a thread."""
+        return _AsyncFunction(self)
 
     def with_timeout(self, seconds: float | None) -> CompartmentFunction[P, R]:
         """The same compartment, called with a different per-call timeout."""
@@ -233,6 +164,7 @@ class CompartmentFunction(Remote, Generic[P, R]):
 
     @property
     def pid(self) -> int | None:
+        """The current child's process id (None before the first call)."""
         if self._owner is not None:
             return self._owner.pid
         return None if self._supervised is None else self._supervised.pid
@@ -262,83 +194,161 @@ class CompartmentFunction(Remote, Generic[P, R]):
         return f"<compartment function {self._definition.name}>"
 
 
+#: What ``compartments.control(proxy)`` offers. A proxy itself answers none of these
+#: names: they are the user's, and its methods by those names are remote calls.
+CONTROL_NAMES = frozenset(
+    {"aio", "close", "learned_policy", "pid", "restarts", "violations", "with_timeout"}
+)
+
+
 class Proxy(Remote):
-    """The parent's handle on one instance of a compartment class."""
+    """The parent's handle on one instance of a compartment class.
 
-    def __init__(self, supervised: Supervised, methods: frozenset[str], timeout: float | None):
-        self._supervised = supervised
-        self._methods = methods
-        self._timeout = timeout
+    Its public attributes are exactly the class's public methods, each a remote call;
+    the framework's own controls are in :func:`compartments.control`. ``with proxy:``
+    stops the child at the end of the block."""
 
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method.startswith("_") or method not in self._methods or method == "close":
+    _compartment_class: ClassVar[CompartmentClass[Any] | None] = None
+
+    def __init__(self, supervised: Supervised, timeout: float | None) -> None:
+        self._compartment_supervised = supervised
+        self._compartment_timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        who = f"compartment class `{self._compartment_supervised.name}`"
+        if name in CONTROL_NAMES:
             raise AttributeError(
-                f"compartment class `{self._supervised.name}` has no public method `{method}`"
+                f"{who} has no method `{name}`; the framework's `{name}` is "
+                f"`compartments.control(proxy).{name}`"
             )
-        supervised, timeout = self._supervised, self._timeout
-
-        def remote(*args: Any, **kwargs: Any) -> Any:
-            return supervised.call(method, args, kwargs, timeout)
-
-        remote.__name__ = method
-        return remote
-
-    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return getattr(self, method)(*args, **kwargs)
+        raise AttributeError(f"{who} has no public method `{name}`")
 
     def _supervised_instance(self) -> Supervised:
-        return self._supervised
+        return self._compartment_supervised
 
-    @property
-    def aio(self) -> _AsyncMethods:
-        """``await store.aio.get()``: call without blocking the event loop."""
-        return _AsyncMethods(self._call)
+    def __enter__(self) -> Proxy:
+        return self
 
-    def with_timeout(self, seconds: float | None) -> Proxy:
-        return Proxy(self._supervised, self._methods, seconds)
+    def __exit__(self, *exc_info: object) -> None:
+        self._compartment_supervised.close()
+
+    def __repr__(self) -> str:
+        supervised = self._compartment_supervised
+        return f"<compartment {supervised.name} pid={supervised.pid}>"
+
+
+def _remote_method(definition: Definition, name: str) -> Callable[..., Any]:
+    """A proxy method: the original's name, docstring and signature, calling remotely."""
+
+    def remote(self: Proxy, /, *args: Any, **kwargs: Any) -> Any:
+        return self._compartment_supervised.call(name, args, kwargs, self._compartment_timeout)
+
+    original = getattr(definition.target, name)
+    with contextlib.suppress(AttributeError, TypeError):
+        functools.update_wrapper(remote, original)
+    remote.__dict__.pop("__wrapped__", None)  # help() and signature() show this one
+    remote.__qualname__ = f"{definition.target.__qualname__}.{name}"
+    with contextlib.suppress(TypeError, ValueError):
+        signature = inspect.signature(original)
+        if not inspect.isfunction(inspect.getattr_static(definition.target, name)):
+            # a staticmethod or classmethod: its signature has no self; the proxy's has
+            self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+            signature = signature.replace(
+                parameters=[self_parameter, *signature.parameters.values()]
+            )
+        remote.__signature__ = signature  # type: ignore[attr-defined]
+    return remote
+
+
+def _methods_of(definition: Definition) -> frozenset[str]:
+    return frozenset(
+        name
+        for name, member in inspect.getmembers(definition.target)
+        if not name.startswith("_") and callable(member)
+    )
+
+
+class Control(Generic[T]):
+    """The framework's controls for one compartment: ``compartments.control(proxy)``.
+
+    Kept apart from the proxy so that every public name on the proxy is the user's."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Proxy | CompartmentFunction[..., Any]) -> None:
+        self._target = target
+
+    def _supervised(self) -> Supervised:
+        return self._target._supervised_instance()
 
     @property
     def pid(self) -> int | None:
-        return self._supervised.pid
+        """The current child's process id (None while none runs)."""
+        if isinstance(self._target, CompartmentFunction):
+            return self._target.pid
+        return self._supervised().pid
 
     @property
     def restarts(self) -> int:
-        return self._supervised.restarts
+        """How many times the child was restarted after a crash."""
+        return self._supervised().restarts
 
     @property
     def violations(self) -> list[Violation]:
-        """The syscalls this compartment was denied (the last 1,000)."""
-        return list(self._supervised.violations.recent)
+        """The syscalls the current child was denied (the last 1,000)."""
+        return list(self._supervised().violations.recent)
 
     def learned_policy(self) -> LearnedPolicy:
         """With ``learn=True``: the minimal policy for what the workload did so far."""
-        return self._supervised.learned_policy()
+        return self._supervised().learned_policy()
+
+    def with_timeout(self, seconds: float | None) -> T:
+        """The same compartment, called with a different per-call timeout."""
+        target: Any = self._target
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"timeout must be positive or None, got {seconds!r}")
+        if isinstance(target, CompartmentFunction):
+            copy: Any = target.with_timeout(seconds)
+        else:
+            copy = type(target)(target._compartment_supervised, seconds)
+        return cast(T, copy)
+
+    @property
+    def aio(self) -> Any:
+        """Awaitable calls: ``await control(store).aio.get()``, or ``control(fn).aio(x)``."""
+        target = self._target
+        if isinstance(target, CompartmentFunction):
+            return target.aio
+        return _AsyncMethods(target._compartment_supervised, target._compartment_timeout)
 
     def close(self) -> None:
-        """Stop the child: the class's own ``close()`` if it has one, then EOF, then
-        SIGKILL after a grace period. No zombie remains."""
-        if "close" in self._methods and self._supervised.is_running():
-            try:
-                self._supervised.call("close", (), {}, GRACE_PERIOD)
-            finally:
-                self._supervised.close()
-            return
-        self._supervised.close()
+        """Stop the child: EOF, then SIGKILL after a grace period. No zombie remains.
+        A class's own ``close()`` is not called: call it first if it should run."""
+        target = self._target
+        if isinstance(target, CompartmentFunction):
+            target.close()
+        else:
+            target._compartment_supervised.close()
 
-    def __enter__(self) -> Proxy:
+    def __enter__(self) -> Control[T]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<compartment {self._supervised.name} pid={self.pid}>"
+        return f"<control of {self._target!r}>"
 
 
-#: Names a proxy answers itself; ``close`` also runs the class's own ``close()`` first.
-PROXY_ATTRIBUTES = frozenset(
-    {"aio", "learned_policy", "pid", "restarts", "violations", "with_timeout"}
-)
+def control(target: T) -> Control[T]:
+    """The framework's controls for a compartment proxy or function: its pid, restarts,
+    violations, learned policy, a copy with another timeout, awaitable calls, and close."""
+    if isinstance(target, (Proxy, CompartmentFunction)):
+        return Control(target)
+    raise TypeError(
+        "compartments.control() takes a compartment proxy or a @compartment function, got "
+        f"{type(target).__name__}"
+    )
 
 
 class CompartmentClass(Generic[T]):
@@ -346,23 +356,24 @@ class CompartmentClass(Generic[T]):
 
     def __init__(self, definition: Definition) -> None:
         self._definition = definition
-        self._methods = frozenset(
-            name
-            for name, member in inspect.getmembers(definition.target)
-            if not name.startswith("_") and callable(member)
-        )
-        clash = sorted(self._methods & PROXY_ATTRIBUTES)
-        if clash:
-            raise TypeError(
-                f"compartment class `{definition.name}` defines {', '.join(clash)}, which the "
-                f"proxy itself provides ({', '.join(sorted(PROXY_ATTRIBUTES))}); rename it"
-            )
+        methods = _methods_of(definition)
+        namespace: dict[str, Any] = {
+            name: _remote_method(definition, name) for name in methods
+        }
+        namespace["__doc__"] = definition.target.__doc__
+        namespace["__module__"] = definition.target.__module__
+        namespace["__qualname__"] = f"{definition.target.__qualname__} (compartment proxy)"
+        namespace["_compartment_class"] = self
+        self._proxy_type: type[Proxy] = type(definition.target.__name__, (Proxy,), namespace)
         functools.update_wrapper(self, definition.target, updated=())
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Proxy:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         supervised = Supervised(self._definition, args, kwargs)
         supervised.connection()  # spawn now: __init__ errors belong to the caller
-        return Proxy(supervised, self._methods, self._definition.timeout)
+        return self._proxy_type(supervised, self._definition.timeout)
+
+    def __instancecheck__(self, instance: object) -> bool:
+        return isinstance(instance, self._proxy_type)
 
     def __repr__(self) -> str:
         return f"<compartment class {self._definition.name}>"
@@ -380,8 +391,17 @@ def _check_isolate(isolate: object) -> None:
         )
 
 
+class _Decorator(Protocol):
+    """What ``@compartment(rules=...)`` returns: it keeps the decorated object's types."""
+
+    @overload
+    def __call__(self, target: type[T], /) -> type[T]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, target: Callable[P, R], /) -> CompartmentFunction[P, R]: ...
+
+
 @overload
-def compartment(target: type[T], /) -> CompartmentClass[T]: ...  # type: ignore[overload-overlap]
+def compartment(target: type[T], /) -> type[T]: ...  # type: ignore[overload-overlap]
 @overload
 def compartment(target: Callable[P, R], /) -> CompartmentFunction[P, R]: ...
 @overload
@@ -400,7 +420,7 @@ def compartment(
     workers: int = 1,
     report_violations: bool = True,
     isolate: Isolate | None = None,
-) -> Callable[[Any], Any]: ...
+) -> _Decorator: ...
 
 
 def compartment(
