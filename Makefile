@@ -34,6 +34,8 @@ test-purepython: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compartments tests examples bench
 	$(VENV)/bin/mypy --strict compartments
+	$(VENV)/bin/mypy --strict tests/typed_usage.py
+	$(VENV)/bin/pyright tests/typed_usage.py
 
 demo: $(BASE)
 	$(PY) -m examples.ipc_db_server

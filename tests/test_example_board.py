@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compartments import Proxy, compartment
+from compartments import Proxy, compartment, control
 from compartments.errors import CompartmentCrashed
 from examples.ipc_db_server import lines
 from examples.ipc_db_server.board import Board, start
@@ -240,7 +240,7 @@ def test_normal_traffic_triggers_no_denied_syscall(board: Board) -> None:
     assert get(board.port, "/")[0] == 200
     assert raw(board.port, b"GARBAGE\r\n\r\n")[0] == 400
     assert len(board.db.list()) == 30
-    assert board.db.violations == [] and board.web.violations == []
+    assert control(board.db).violations == [] and control(board.web).violations == []
 
 
 # -- as a user sees it ------------------------------------------------------------------
@@ -410,8 +410,8 @@ def test_killing_the_web_server_mid_traffic_loses_no_acknowledged_write(
         thread.start()
     try:
         assert enough.wait(30)
-        assert web.pid is not None
-        os.kill(web.pid, signal.SIGKILL)
+        assert control(web).pid is not None
+        os.kill(control(web).pid, signal.SIGKILL)
         for thread in threads:
             thread.join(30)
         with pytest.raises(CompartmentCrashed):
@@ -422,13 +422,13 @@ def test_killing_the_web_server_mid_traffic_loses_no_acknowledged_write(
             mine = [int(m.split("-")[1]) for m in stored if m.startswith(name + "-")]
             assert mine == sorted(mine)
         # A crashed database (no checkpoint, no close) loses nothing committed either.
-        assert db.pid is not None
-        os.kill(db.pid, signal.SIGKILL)
+        assert control(db).pid is not None
+        os.kill(control(db).pid, signal.SIGKILL)
         with pytest.raises(CompartmentCrashed):
             db.list()
     finally:
-        web.close()
-        db.close()
+        control(web).close()
+        control(db).close()
     with start(Database, str(tmp_path)) as reopened:
         assert reopened.list() == stored
 
@@ -455,7 +455,7 @@ def test_database_refuses_bad_input_from_its_callers(tmp_path: Path) -> None:
 def test_board_close_leaves_no_process(tmp_path: Path) -> None:
     board = Board(str(tmp_path))
     proxies: list[Proxy] = [board.db, board.web]
-    pids = [p.pid for p in proxies]
+    pids = [control(p).pid for p in proxies]
     board.close()
     for pid in pids:
         assert pid is not None

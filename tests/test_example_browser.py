@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from compartments import control
 from examples.ipc_db_server.board import Board
 from examples.ipc_db_server.client import http_request
 
@@ -195,4 +196,4 @@ def test_browser_posts_the_form_and_sees_the_message_escaped(
         finally:
             page.close()
         assert board.db.list() == ["first", MESSAGE]
-        assert board.web.violations == []
+        assert control(board.web).violations == []

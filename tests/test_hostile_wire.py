@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compartments import _wire, compartment
+from compartments import _wire, compartment, control
 from compartments._channel import Channel
 from compartments._connection import Connection
 from compartments._decoder import FrameDecoder
@@ -258,7 +258,7 @@ def test_hostile_frame_fails_only_that_compartment(
     with _Bystander(steady) as bystander, Hostile() as hostile:
         started = time.monotonic()
         with pytest.raises((ProtocolError, CompartmentCrashed, CallTimeout)) as info:
-            hostile.with_timeout(timeout).speak(data, then.split(":")[0], pad)
+            control(hostile).with_timeout(timeout).speak(data, then.split(":")[0], pad)
         elapsed = time.monotonic() - started
         time.sleep(0.02)  # the bystander runs on while the hostile one is torn down
     if then == "hang:timeout":
@@ -286,7 +286,7 @@ def test_flood_of_notifications_is_cut_off_at_the_first(steady: Any) -> None:
         Hostile() as hostile,
         pytest.raises(ProtocolError, match="notification"),
     ):
-        hostile.with_timeout(10).speak_repeated(note * 1000, 100)  # 100k notifications
+        control(hostile).with_timeout(10).speak_repeated(note * 1000, 100)  # 100k notifications
     assert bystander.errors == [] and bystander.answered > 0
 
 
@@ -295,7 +295,7 @@ def test_silent_compartment_times_out_and_is_killed(steady: Any) -> None:
         pid = hostile.ping()
         started = time.monotonic()
         with pytest.raises(CallTimeout):
-            hostile.with_timeout(0.3).silent()
+            control(hostile).with_timeout(0.3).silent()
         assert time.monotonic() - started < 2
         time.sleep(0.1)
         assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z"
@@ -541,8 +541,8 @@ class Listener:
 def test_fuzz_real_compartment_fed_garbage_never_hurts_the_parent(data: bytes, steady: Any) -> None:
     with Listener() as target:
         pid = target.ping()
-        target._supervised.connection().channel._sock.sendall(data)  # raw, unencoded
+        target._supervised_instance().connection().channel._sock.sendall(data)  # raw, unencoded
         # A partial frame leaves the child waiting for the rest: then the call times out.
         with contextlib.suppress(ProtocolError, CompartmentCrashed, CallTimeout):
-            assert target.with_timeout(0.5).ping() == pid
+            assert control(target).with_timeout(0.5).ping() == pid
     assert steady.ping(7) == 7

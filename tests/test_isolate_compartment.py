@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from compartments import Isolate, compartment
+from compartments import Isolate, compartment, control
 from compartments.errors import CallTimeout, CompartmentCrashed
 from compartments.rulesets import SystemIO, Threads
 
@@ -203,7 +203,8 @@ def test_served_code_is_pid_2_of_its_own_pid_namespace(inside: Any) -> None:
     seen = inside.facts()
     assert seen["pid"] == inside.process_id() == 2
     assert seen["proc"] == ["1", "2"]
-    assert inside.pid != 2 and inside.pid is not None  # the parent supervises the shim
+    shim = control(inside).pid  # the parent supervises the shim
+    assert shim != 2 and shim is not None
     assert seen["hostname"] == "inside" != socket.gethostname()
 
 
@@ -302,7 +303,7 @@ def test_exit_status_passes_through(inside: Any) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_signal_to_the_reported_pid_kills_the_whole_compartment(inside: Any, sig: int) -> None:
-    shim = inside.pid
+    shim = control(inside).pid
     init = children(shim)
     worker = children(init[0])
     errors: list[BaseException] = []
@@ -364,12 +365,12 @@ def _not_running(pid: int) -> bool:
 def test_close_leaves_no_process_no_zombie_and_no_mount_point(listener: int) -> None:
     before = mount_points()
     proxy = Inside("/nonexistent", listener)
-    shim = proxy.pid
+    shim = control(proxy).pid
     assert shim is not None
     (init,) = children(shim)
     (worker,) = children(init)
     assert mount_points() - before == set() or _vanish(mount_points() - before)
-    proxy.close()
+    control(proxy).close()
     for pid in (shim, init, worker):
         assert gone_or_reaped(pid), pid
     assert _vanish(mount_points() - before)

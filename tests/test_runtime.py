@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from compartments import Fd, RestartPolicy, compartment
+from compartments import Fd, RestartPolicy, compartment, control
 from compartments.errors import (
     CallTimeout,
     CompartmentClosed,
@@ -269,7 +269,7 @@ def test_init_error_is_raised_at_instantiation(tmp_path: Path) -> None:
 def test_class_instances_keep_their_own_state() -> None:
     with Counter(10) as a, Counter(100) as b:
         assert (a.add(), b.add(5), a.add()) == (11, 105, 12)
-        assert a.process_id() != b.process_id() == b.pid
+        assert a.process_id() != b.process_id() == control(b).pid
 
 
 def test_unknown_method_is_an_attribute_error_at_the_call_site() -> None:
@@ -407,7 +407,7 @@ def test_broker_compartment_returns_an_fd(tmp_path: Path) -> None:
 
 def test_proxy_given_at_construction_carries_calls_without_the_parent() -> None:
     with Counter() as counter, Front(counter) as front:
-        parent_line = counter._supervised.connection()
+        parent_line = counter._supervised_instance().connection()
         before = parent_line.calls_started
         assert front.relay(50) == 50
         assert parent_line.calls_started == before
@@ -417,7 +417,7 @@ def test_proxy_given_at_construction_carries_calls_without_the_parent() -> None:
 def test_proxy_given_as_a_call_argument_carries_calls_directly() -> None:
     with Counter(7) as counter, Front() as front:
         front.use(counter)
-        parent_line = counter._supervised.connection()
+        parent_line = counter._supervised_instance().connection()
         before = parent_line.calls_started
         assert front.relay(3) == 10
         assert parent_line.calls_started == before
@@ -426,7 +426,7 @@ def test_proxy_given_as_a_call_argument_carries_calls_directly() -> None:
 def test_large_bytes_cross_a_direct_line_both_ways() -> None:
     with Counter() as counter, Front(counter) as front:
         assert front.relay_bytes(1 << 20) == ["bytes", True, 1 << 20]
-        assert front.violations == [] and counter.violations == []
+        assert control(front).violations == [] and control(counter).violations == []
 
 
 # -- hostile children and crashes -------------------------------------------------------
@@ -514,7 +514,7 @@ def test_timeout_raises_call_timeout() -> None:
     with Fragile() as fragile:
         started = time.monotonic()
         with pytest.raises(CallTimeout, match="`hang`"):
-            fragile.with_timeout(0.3).hang()
+            control(fragile).with_timeout(0.3).hang()
         assert time.monotonic() - started < 2
 
 
@@ -522,7 +522,7 @@ def test_timed_out_compartment_is_killed() -> None:
     with Fragile() as fragile:
         pid = fragile.process_id()
         with pytest.raises(TimeoutError):
-            fragile.with_timeout(0.2).hang()
+            control(fragile).with_timeout(0.2).hang()
         time.sleep(0.2)
         with pytest.raises(CompartmentCrashed, match="timed out"):
             fragile.process_id()
@@ -536,7 +536,7 @@ def test_restart_on_crash_serves_the_next_call_from_a_new_child() -> None:
         with pytest.raises(CompartmentCrashed):
             phoenix.die()
         assert phoenix.process_id() != first
-        assert phoenix.restarts == 1
+        assert control(phoenix).restarts == 1
 
 
 def test_restart_stops_after_the_retry_limit() -> None:
@@ -546,12 +546,12 @@ def test_restart_stops_after_the_retry_limit() -> None:
                 mortal.die()
         with pytest.raises(CompartmentCrashed):
             mortal.process_id()
-        assert mortal.restarts == 1
+        assert control(mortal).restarts == 1
 
 
 def test_call_after_close_raises_compartment_closed() -> None:
     counter = Counter()
-    counter.close()
+    control(counter).close()
     with pytest.raises(CompartmentClosed):
         counter.add()
 
@@ -559,13 +559,13 @@ def test_call_after_close_raises_compartment_closed() -> None:
 def test_close_leaves_no_child_and_no_zombie() -> None:
     counter = Counter()
     pid = counter.process_id()
-    counter.close()
+    control(counter).close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
 
 def test_close_releases_the_parents_fds() -> None:
-    Counter().close()  # the zygote is running from here on
+    control(Counter()).close()  # the zygote is running from here on
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
         with Counter() as counter:
@@ -603,7 +603,7 @@ def test_async_calls_do_not_block_the_event_loop() -> None:
             ticks: list[float] = []
 
             async def nap() -> float:
-                await fragile.aio.nap(0.3)
+                await control(fragile).aio.nap(0.3)
                 return time.monotonic()
 
             async def ticker() -> None:
@@ -622,12 +622,12 @@ def test_async_calls_do_not_block_the_event_loop() -> None:
 def test_cancelled_async_call_does_not_corrupt_the_channel() -> None:
     async def main() -> list[Any]:
         with Fragile() as fragile:
-            slow = asyncio.ensure_future(fragile.aio.nap(0.3))
+            slow = asyncio.ensure_future(control(fragile).aio.nap(0.3))
             await asyncio.sleep(0.05)
             slow.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await slow
-            return [await fragile.aio.nap(0.01), await fragile.aio.nap(0.02)]
+            return [await control(fragile).aio.nap(0.01), await control(fragile).aio.nap(0.02)]
 
     assert asyncio.run(main()) == [0.01, 0.02]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from compartments import Proxy, RuleSet, SafetyContext
+from compartments import Proxy, RuleSet, SafetyContext, control
 from compartments._landlock import abi_version
 from compartments.rulesets.runtime import compartment_runtime
 
@@ -103,6 +103,15 @@ class CompartmentPolicy:
         return lines
 
 
+def stop(proxy: Any) -> None:
+    """The class's own close() (the HTTP loop ends, the database checkpoints), then the
+    child: compartments.control(proxy).close() sends EOF, then SIGKILL after a grace."""
+    try:
+        proxy.close()
+    finally:
+        control(proxy).close()
+
+
 class Board:
     """The Database and the WebServer, started and stopped together."""
 
@@ -115,7 +124,7 @@ class Board:
             self.web = start(WebServer, self.db, host, port, access_log=access_log)
             self.port: int = self.web.start()
         except BaseException:
-            self.db.close()
+            stop(self.db)
             raise
         self.host = host
         self.files: dict[str, int] = self.db.held_files()
@@ -145,9 +154,9 @@ class Board:
     def close(self) -> None:
         """Stop the web server (its HTTP thread ends), then the database (checkpoint)."""
         try:
-            self.web.close()
+            stop(self.web)
         finally:
-            self.db.close()
+            stop(self.db)
 
     def __enter__(self) -> Board:
         return self
@@ -183,13 +192,14 @@ def run_demo(out: TextIO, data_dir: str | None = None) -> int:
     say("A message board in sealed compartments (extrasafe's ipc_server_with_database)")
     with data_directory(data_dir) as directory:
         board = Board(directory)
-        pids: list[int | None] = [board.db.pid, board.web.pid]
+        db_pid, web_pid = control(board.db).pid, control(board.web).pid
+        pids: list[int | None] = [db_pid, web_pid]
         try:
             policies = {p.name: p for p in board.policies()}
-            say(f"\n[Database  pid {board.db.pid}] opened {os.path.join(directory, 'board.db')}"
+            say(f"\n[Database  pid {db_pid}] opened {os.path.join(directory, 'board.db')}"
                 " (WAL, synchronous=FULL) and prepared its statements, then sealed itself")
             _show(say, policies["Database"])
-            say(f"\n[WebServer pid {board.web.pid}] bound {board.url} and received a direct "
+            say(f"\n[WebServer pid {web_pid}] bound {board.url} and received a direct "
                 "channel to the Database, then sealed itself")
             _show(say, policies["WebServer"])
             say("\n[clients] each in its own compartment, sealed before its first request")
@@ -197,18 +207,18 @@ def run_demo(out: TextIO, data_dir: str | None = None) -> int:
             say()
             for message in MESSAGES:
                 with start(WriteClient, HOST, board.port) as writer:
-                    pids.append(writer.pid)
+                    pids.append(writer_pid := control(writer).pid)
                     answer = writer.post(message)
-                    say(f"[WriteClient pid {writer.pid}] POST /write {message!r} -> {answer!r}")
+                    say(f"[WriteClient pid {writer_pid}] POST /write {message!r} -> {answer!r}")
             expected = "\n".join(MESSAGES)
             with start(ReadClient, HOST, board.port) as reader:
-                pids.append(reader.pid)
+                pids.append(control(reader).pid)
                 try:
                     text = reader.check(expected)
                 except ValueError as exc:
-                    say(f"[ReadClient  pid {reader.pid}] MISMATCH: {exc}")
+                    say(f"[ReadClient  pid {control(reader).pid}] MISMATCH: {exc}")
                     return 1
-                say(f"[ReadClient  pid {reader.pid}] GET /read -> {text!r}: as expected")
+                say(f"[ReadClient  pid {control(reader).pid}] GET /read -> {text!r}: as expected")
         finally:
             board.close()
         gone = all(_exited(pid) for pid in pids)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from broker_attacks import Caller, SilentPeer
 
+from compartments import control
 from compartments.errors import CallTimeout, CompartmentCrashed
 
 PROMPTLY = 5.0
@@ -22,7 +23,7 @@ def refused() -> Iterator[tuple[Any, Any, float]]:
         peer.turn_evil()
         started = time.monotonic()
         with pytest.raises(CallTimeout):
-            caller.with_timeout(1).use(peer)  # 30 s (the start timeout) before
+            control(caller).with_timeout(1).use(peer)  # 30 s (the start timeout) before
         yield caller, peer, time.monotonic() - started
 
 
@@ -44,4 +45,4 @@ def test_the_caller_still_answers_after_a_target_failed_to_take_its_line(
     refused: tuple[Any, Any, float],
 ) -> None:
     with SilentPeer() as honest:
-        assert refused[0].with_timeout(5).use(honest) == "got a line"
+        assert control(refused[0]).with_timeout(5).use(honest) == "got a line"

@@ -26,10 +26,16 @@ from channels_attacks import (
     urgent_byte_then_hang,
 )
 
+from compartments import control
 from compartments.errors import ProtocolError
 
 #: Generous against a loaded 2-core machine, far below the attacks' minute of lingering.
 PROMPTLY = 10.0
+
+
+def patient(sibling: Any) -> Any:
+    """The sibling, called with a timeout past its own line timeout."""
+    return control(sibling).with_timeout(SIBLING_TIMEOUT + PROMPTLY)
 
 
 def _elapsed(action: Callable[[], object]) -> float:
@@ -66,7 +72,7 @@ def test_an_urgent_byte_on_a_direct_line_does_not_freeze_the_sibling() -> None:
         attacker.take(sibling)
         attacker.urgent_byte()
         time.sleep(0.2)  # the sibling sees it before the parent's next call
-        assert sibling.with_timeout(PROMPTLY).ping() > 0
+        assert control(sibling).with_timeout(PROMPTLY).ping() > 0
 
 
 @pytest.mark.timeout(60)
@@ -91,7 +97,7 @@ def test_a_lingering_socket_smuggled_with_a_bad_frame_is_closed_without_blocking
 
         def smuggle() -> None:
             with pytest.raises(ProtocolError):
-                lingerer.with_timeout(PROMPTLY).smuggle()
+                control(lingerer).with_timeout(PROMPTLY).smuggle()
 
         assert _elapsed(smuggle) < PROMPTLY
 
@@ -123,8 +129,8 @@ def test_a_peer_that_pipelines_and_never_reads_does_not_freeze_its_sibling() -> 
         attacker.take(sibling)
         assert attacker.flood_without_reading(64 << 10) > 0
         time.sleep(0.2)
-        assert sibling.with_timeout(PROMPTLY).ping() > 0
-        assert sibling.with_timeout(PROMPTLY).echo("still serving") == "still serving"
+        assert control(sibling).with_timeout(PROMPTLY).ping() > 0
+        assert control(sibling).with_timeout(PROMPTLY).echo("still serving") == "still serving"
 
 
 @pytest.mark.timeout(60)
@@ -133,7 +139,7 @@ def test_a_peer_that_never_reads_one_huge_answer_does_not_freeze_its_sibling() -
         attacker.take(sibling)
         assert attacker.flood_without_reading(16 << 20) > 0
         time.sleep(0.2)
-        assert sibling.with_timeout(PROMPTLY).ping() > 0
+        assert control(sibling).with_timeout(PROMPTLY).ping() > 0
 
 
 @pytest.mark.timeout(60)
@@ -142,7 +148,7 @@ def test_a_peer_that_pipelines_slow_requests_does_not_starve_the_parent() -> Non
         attacker.take(sibling)
         assert attacker.flood_with_naps(0.05, 300)  # 15 s of work, read at once
         time.sleep(0.2)
-        assert _elapsed(sibling.with_timeout(PROMPTLY).ping) < 2.0
+        assert _elapsed(control(sibling).with_timeout(PROMPTLY).ping) < 2.0
 
 
 @pytest.mark.timeout(60)
@@ -151,7 +157,7 @@ def test_a_peer_that_never_reads_is_hung_up_on_after_the_sibling_timeout() -> No
         attacker.take(sibling)
         attacker.flood_without_reading(64 << 10)
         assert attacker.line_closed_within(SIBLING_TIMEOUT + PROMPTLY)
-        assert sibling.with_timeout(PROMPTLY).ping() > 0
+        assert control(sibling).with_timeout(PROMPTLY).ping() > 0
 
 
 @pytest.mark.timeout(60)
@@ -159,7 +165,7 @@ def test_a_peer_call_to_a_peer_that_never_answers_times_out() -> None:
     with Sibling() as sibling, PeerAttacker() as attacker:
         sibling.take(attacker)
         start = time.monotonic()
-        assert sibling.with_timeout(SIBLING_TIMEOUT + PROMPTLY).ask("hang") == "CallTimeout"
+        assert patient(sibling).ask("hang") == "CallTimeout"
         assert time.monotonic() - start < SIBLING_TIMEOUT + PROMPTLY
 
 
@@ -175,7 +181,7 @@ def test_a_peer_call_with_keys_the_peer_would_refuse_is_a_type_error_and_the_lin
 def test_a_peer_that_starts_an_answer_and_never_ends_it_times_out() -> None:
     with Sibling() as sibling, PeerAttacker() as attacker:
         sibling.take(attacker)
-        assert sibling.with_timeout(SIBLING_TIMEOUT + PROMPTLY).ask("half_answer") == "CallTimeout"
+        assert patient(sibling).ask("half_answer") == "CallTimeout"
 
 
 @pytest.mark.timeout(60)
@@ -186,10 +192,10 @@ def test_a_peer_that_never_reads_a_large_call_times_it_out() -> None:
         busy.start()  # the attacker is stuck in a call from the parent: it reads no line
         time.sleep(0.2)
         try:
-            big = sibling.with_timeout(SIBLING_TIMEOUT + PROMPTLY).ask("echo", b"x" * (8 << 20))
+            big = patient(sibling).ask("echo", b"x" * (8 << 20))
             assert big == "CallTimeout"
         finally:
-            attacker.close()
+            control(attacker).close()
             busy.join(PROMPTLY)
 
 
@@ -207,14 +213,14 @@ def test_a_peer_memfd_payload_that_is_shorter_than_it_claims_cannot_crash_the_si
         attacker.take(sibling)
         attacker.memfd_request(1 << 20)
         time.sleep(0.2)
-        assert sibling.with_timeout(PROMPTLY).ping() > 0
+        assert control(sibling).with_timeout(PROMPTLY).ping() > 0
 
 
 @pytest.mark.timeout(60)
 def test_a_peer_answer_with_a_short_memfd_cannot_crash_the_caller() -> None:
     with Sibling() as sibling, PeerAttacker() as attacker:
         sibling.take(attacker)
-        assert sibling.with_timeout(SIBLING_TIMEOUT + PROMPTLY).ask("poison") == "ProtocolError"
+        assert patient(sibling).ask("poison") == "ProtocolError"
         assert sibling.ping() > 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import monitor_advice_attacks as attacks
 import pytest
 
-from compartments import _seccomp
+from compartments import _seccomp, control
 from compartments._rules import SeccompRule
 from compartments._violations import Violation, builtin_grants, grants_allowing, suggest
 from compartments.errors import PolicyViolation
@@ -184,7 +184,7 @@ def test_advice_for_a_shared_file_mapping_names_that_fd_never_raw_mmap(tmp_path:
     target.write_bytes(b"x" * 4096)
     with attacks.MapsAFileShared(str(target)) as mapper:
         assert mapper.map_shared() == errno.EPERM
-        violation = next(v for v in mapper.violations if v.syscall == "mmap")
+        violation = next(v for v in control(mapper).violations if v.syscall == "mmap")
         fd = mapper.fd()
     assert f"allow_shared_mapping({fd})" in violation.suggestion
     assert _RAW.search(violation.suggestion) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 import monitor_sibling_attacks as attacks
 import pytest
 
-from compartments import _landlock
+from compartments import _landlock, control
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -58,7 +58,7 @@ def test_an_unprivileged_parent_sees_the_path_of_a_denied_open() -> None:
 @pytest.fixture
 def keeper() -> Iterator[tuple[int, int]]:
     with attacks.Keeper() as kept:
-        pid = kept.pid
+        pid = control(kept).pid
         assert pid is not None
         yield pid, kept.address()
 

@@ -11,7 +11,7 @@ import pytest
 from relayed import relayed
 from stdio_attacks import MALFORMED, MiB, OutForger
 
-from compartments import _output
+from compartments import _output, control
 from compartments.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,7 +28,7 @@ def test_a_megabytes_long_forged_line_is_cut_to_one_chunk(
 ) -> None:
     forger.huge(8 * MiB)
     assert forger.ping() == 1
-    forger.close()  # what is cut loses its newline: the line ends when the process does
+    control(forger).close()  # what is cut loses its newline: the line ends when the process does
     out, _ = relayed(capfd, "more bytes cut")
     line = next(x for x in out.splitlines() if x.startswith("[OutForger] A"))
     assert len(line) < _output.LINE_CAP + 100
@@ -49,7 +49,7 @@ def test_forged_drop_counts_do_not_overflow_the_report(
 ) -> None:
     forger.forged_drops(10_000)
     assert forger.ping() == 1
-    forger.close()
+    control(forger).close()
     _, err = relayed(capfd, "dropped")
     assert "[OutForger] [output over its budget" in err
     reported = int(err.split("dropped ", 1)[1].split(" ", 1)[0])

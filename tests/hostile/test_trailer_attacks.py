@@ -11,6 +11,7 @@ import time
 import pytest
 from trailer_attacks import PeerTrailerForger, TrailerForger, Victim
 
+from compartments import control
 from compartments.errors import ProtocolError
 
 PROMPTLY = 5.0
@@ -27,7 +28,7 @@ def test_a_reply_of_tiny_trailing_values_beside_many_maps_is_refused_promptly() 
         assert forger.ping() == 1
         started, cpu = time.monotonic(), _parent_cpu()
         with pytest.raises(ProtocolError, match="trailing bytes of 2 bytes"):
-            forger.with_timeout(20).reply(20_000, 20_000)  # ~260 KB: ~110 s of CPU before
+            control(forger).with_timeout(20).reply(20_000, 20_000)  # ~260 KB: ~110 s of CPU before
         assert time.monotonic() - started < PROMPTLY
         assert _parent_cpu() - cpu < PROMPTLY
 
@@ -35,7 +36,7 @@ def test_a_reply_of_tiny_trailing_values_beside_many_maps_is_refused_promptly() 
 @pytest.mark.timeout(60)
 def test_a_reply_of_millions_of_tiny_trailing_values_does_not_grow_the_parent() -> None:
     with TrailerForger() as forger, pytest.raises(ProtocolError):
-        forger.with_timeout(20).reply(2_000_000, 0)  # 1.8 GiB of parent RSS before
+        control(forger).with_timeout(20).reply(2_000_000, 0)  # 1.8 GiB of parent RSS before
 
 
 @pytest.mark.timeout(60)
@@ -44,7 +45,7 @@ def test_legal_trailing_values_beside_many_maps_decode_in_linear_time() -> None:
         cpu = _parent_cpu()
         # Honest-sized trailing values (32 KiB, the smallest an honest sender sends): the
         # old decoder spent trailers x maps set builds on this 33 MiB reply.
-        result = forger.with_timeout(20).reply(1_000, 200_000, 32 << 10)
+        result = control(forger).with_timeout(20).reply(1_000, 200_000, 32 << 10)
         assert len(result) == 201_000 and result[0] == b"x" * (32 << 10)
         assert _parent_cpu() - cpu < PROMPTLY
 
@@ -53,4 +54,4 @@ def test_legal_trailing_values_beside_many_maps_decode_in_linear_time() -> None:
 def test_a_peer_request_of_tiny_trailing_values_does_not_freeze_its_sibling() -> None:
     with Victim() as victim, PeerTrailerForger(victim) as forger:
         forger.send(20_000, 20_000)
-        assert victim.with_timeout(5).ping() == 1  # the sibling drops that line, lives on
+        assert control(victim).with_timeout(5).ping() == 1  # the sibling drops that line, lives on

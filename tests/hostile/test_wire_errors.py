@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from wire_attacks import ErrorForger
 
+from compartments import control
 from compartments.errors import RemoteError
 
 pytestmark = pytest.mark.timeout(60)
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def forger() -> Iterator[Any]:
     with ErrorForger() as compartment_:
-        yield compartment_.with_timeout(20)
+        yield control(compartment_).with_timeout(20)
 
 
 def _shown(error: BaseException) -> str:

@@ -19,6 +19,7 @@ import msgpack
 import pytest
 from wire_attacks import KeyForger, colliding_pairs, int_keys_sharing_probe_paths, packed_map
 
+from compartments import control
 from compartments._decoder import FrameDecoder
 from compartments.errors import ProtocolError
 
@@ -75,26 +76,30 @@ def _refused_promptly(call: Callable[[], object]) -> None:
     assert ticker.longest < 1.0, f"parent threads stalled {ticker.longest:.1f}s"
 
 
+def patient(forger: Any) -> Any:
+    return control(forger).with_timeout(15)
+
+
 def test_a_reply_with_40k_tuple_keys_sharing_one_hash_is_refused_promptly(forger: Any) -> None:
     # Before the fix: ~25 s with the GIL held, far past any call timeout.
-    _refused_promptly(lambda: forger.with_timeout(15).colliding_tuple_keys(40_000))
+    _refused_promptly(lambda: patient(forger).colliding_tuple_keys(40_000))
 
 
 def test_nested_tuple_keys_sharing_one_hash_are_refused_promptly(forger: Any) -> None:
-    _refused_promptly(lambda: forger.with_timeout(15).colliding_tuple_keys(20_000, nested=True))
+    _refused_promptly(lambda: patient(forger).colliding_tuple_keys(20_000, nested=True))
 
 
 def test_colliding_tuple_keys_spread_over_many_small_maps_are_refused_promptly(
     forger: Any,
 ) -> None:
     # 300 maps of 1500: quadratic in each map, so the frame costs 300 * 1500**2.
-    _refused_promptly(lambda: forger.with_timeout(15).colliding_tuple_keys_in_small_maps(300, 1500))
+    _refused_promptly(lambda: patient(forger).colliding_tuple_keys_in_small_maps(300, 1500))
 
 
 @_SLOW_BUILD
 def test_int_keys_sharing_probe_paths_are_refused_promptly(forger: Any) -> None:
     # Distinct hashes, but i << 17 clusters CPython's probing: ~2 s for 800k before the fix.
-    _refused_promptly(lambda: forger.with_timeout(15).int_keys_sharing_probe_paths(800_000))
+    _refused_promptly(lambda: patient(forger).int_keys_sharing_probe_paths(800_000))
 
 
 def test_a_compartment_returning_tuple_keys_gets_a_type_error_and_lives(forger: Any) -> None:

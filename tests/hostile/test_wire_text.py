@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from wire_attacks import TextForger
 
+from compartments import control
 from compartments.errors import PolicyViolation, RemoteError
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,7 +79,7 @@ def test_a_rebuilt_builtin_escapes_bidi_overrides_and_lone_surrogates(forger: An
 
 def test_a_multi_megabyte_message_arrives_bounded(forger: Any) -> None:
     with pytest.raises(ValueError) as info:
-        forger.with_timeout(30).raise_value_error("A", repeat=8 * 2**20)
+        control(forger).with_timeout(30).raise_value_error("A", repeat=8 * 2**20)
     assert len(str(info.value)) < 20 * 1024
     assert str(info.value).endswith("more characters]")
 

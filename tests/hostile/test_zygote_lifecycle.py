@@ -25,7 +25,7 @@ from zygote_attacks import Worker, whoami
 from zygote_support import own_zygote
 
 import compartments._supervisor as supervisor
-from compartments import Pool
+from compartments import Pool, control
 from compartments.rulesets import SystemIO
 
 T = TypeVar("T")
@@ -89,7 +89,7 @@ def test_compartments_started_from_two_exiting_threads_both_keep_answering() -> 
         assert whoami() == first
         assert worker.ping() == pid
     finally:
-        worker.close()
+        control(worker).close()
         whoami.close()
 
 
