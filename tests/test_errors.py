@@ -142,6 +142,11 @@ def test_rules_that_are_a_ruleset_class_raise_type_error_at_decoration() -> None
         _decorate(SystemIO)
 
 
+def test_a_pool_with_an_unknown_syscall_raises_unknown_syscall_error_when_made() -> None:
+    with pytest.raises(UnknownSyscallError, match="no_such_syscall"):
+        compartments.Pool(rules=["no_such_syscall"], workers=1)
+
+
 def test_callable_rules_are_not_evaluated_at_decoration() -> None:
     def policy() -> list[Any]:
         raise AssertionError("evaluated in the parent")
