@@ -242,7 +242,6 @@ def test_a_compartment_defined_in_the_repl_is_refused_with_what_to_do(tmp_path: 
     session = "from compartments import compartment\n@compartment\ndef f(): pass\n\n"
     result = _run(tmp_path, "-i", stdin=session)
     assert "got 'f': it is defined in a __main__ with no file" in result.stderr
-    assert "Traceback" in result.stderr  # raised at the decorator, before any call
     assert _is_short(result), result.stderr
 
 
