@@ -13,7 +13,7 @@ from . import _floor, _landlock, _seccomp
 from ._landlock import LandlockPolicy, PathRule, PortRule, Scope
 from ._rules import RuleSet, SeccompRule, as_ruleset
 from ._seccomp import CompiledRule
-from .errors import LandlockError, NoRulesEnabledError, RuleConflictError
+from .errors import LandlockError, NoRulesEnabledError, RuleConflictError, UnknownSyscallError
 
 __all__ = ["COMMON_CODECS", "SafetyContext"]
 
@@ -453,8 +453,6 @@ def _refuse_other_threads() -> None:
 
 
 def _seccomp_name(syscall: object, ruleset: str) -> None:
-    from .errors import UnknownSyscallError
-
     if not isinstance(syscall, str):
         raise TypeError(f"RuleSet `{ruleset}` names a syscall that is not a str: {syscall!r}")
     try:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from . import _wire
+from ._checks import check_static_rules
 from ._proxy import CompartmentFunction
 from ._supervised import SPENT_GRACE, Definition, RestartPolicy, Supervised
 
@@ -158,7 +159,7 @@ class Pool(concurrent.futures.Executor):
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         self._definition = Definition(
-            target=_PoolWorker, rules=tuple(rules), name=name, timeout=timeout,
+            target=_PoolWorker, rules=check_static_rules(rules), name=name, timeout=timeout,
             restart=REPLACE_CRASHED, setup=None, fresh=False, max_message=max_message,
         )  # fmt: skip
         self._count = count

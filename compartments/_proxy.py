@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from . import _calls, _wire
+from ._checks import check_rules, check_target
 from ._isolate import Isolate
 from ._learn import LearnedPolicy, learning_everything
 from ._supervised import (
@@ -459,12 +460,8 @@ def compartment(
     """
 
     def decorate(obj: Any) -> Any:
-        qualname = getattr(obj, "__qualname__", "")
-        if "<locals>" in qualname or not getattr(obj, "__module__", None):
-            raise TypeError(
-                f"@compartment needs a module-level function or class, got {qualname!r}: "
-                "the child finds it by module and name"
-            )
+        check_target(obj)  # a lambda, a nested or guarded def, python -c: refused now
+        qualname = obj.__qualname__
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if setup is not None and inspect.isclass(obj):
@@ -477,7 +474,7 @@ def compartment(
         learning = learn or learning_everything()
         definition = Definition(
             target=obj,
-            rules=rules if callable(rules) else tuple(rules),
+            rules=check_rules(rules),
             name=name or qualname,
             timeout=timeout,
             restart=restart_policy(restart),

@@ -23,10 +23,11 @@ from typing import Any
 
 from . import _broker, _output, _seccomp
 from ._channel import Channel
+from ._checks import import_time_call_message, main_path
 from ._connection import Connection
 from ._fd import Fd
-from ._zygote import module_key
-from .errors import CompartmentCrashed, ProtocolError
+from ._zygote import IMPORT_TIME_CALL, ImportTimeCall, importing, module_key
+from .errors import BootstrapError, CompartmentCrashed, ProtocolError
 
 __all__ = [
     "ChildProcess",
@@ -57,12 +58,6 @@ def scrubbed_environment() -> dict[str, str]:
     }
 
 
-def _main_path() -> str | None:
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    return os.path.abspath(path) if isinstance(path, str) and os.path.exists(path) else None
-
-
 def _control_connection(
     parent_end: socket.socket, output: _output.Outputs, name: str, max_message: int
 ) -> Connection:
@@ -80,7 +75,7 @@ class Zygote:
         parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         config = {
             "path": [p for p in sys.path if isinstance(p, str)],
-            "main_path": _main_path(),
+            "main_path": main_path(),
             "parent_pid": os.getpid(),
             "max_message": max_message,
             "imports": _broker.mode(),
@@ -169,7 +164,13 @@ class ModuleZygote:
         return not poller.poll(0)
 
     def spawn(self, spec: dict[str, Any]) -> int:
-        return int(self.connection.call("spawn", [spec], timeout=START_TIMEOUT))
+        try:
+            return int(self.connection.call("spawn", [spec], timeout=START_TIMEOUT))
+        except RuntimeError as exc:
+            if type(exc) is not RuntimeError or str(exc) != IMPORT_TIME_CALL:
+                raise
+        message = import_time_call_message(str(spec["name"]), self.module, main_path())
+        raise BootstrapError(message) from None
 
     def reap(self, pid: int) -> tuple[int, int] | None:
         """(exit code, signal) of an exited child, or None if it still runs."""
@@ -208,6 +209,8 @@ def zygote_for(module: str, max_message: int) -> ModuleZygote:
     missing = _seccomp.missing()
     if missing is not None:  # no compartment could be sealed: refuse before forking any
         raise missing
+    if importing() is not None:  # a zygote importing its module: it would import it again
+        raise ImportTimeCall(IMPORT_TIME_CALL)
     return get_zygote(max_message).for_module(module)
 
 

@@ -58,6 +58,10 @@ _parent_watch = -1
 _max_message = 0
 
 
+class ImportTimeCall(RuntimeError):
+    """Raised in a zygote by a compartment started while its module is imported."""
+
+
 def module_key(module: str) -> str:
     """The name a target module's zygote goes by: ``__main__`` under either alias."""
     return "__main__" if module == MAIN_ALIAS else module
@@ -67,8 +71,32 @@ def _prctl(option: int, value: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
+#: The target module this zygote is importing right now: no compartment may start then.
+_importing: str | None = None
+
+#: What a zygote answers a spawn whose module's import started a compartment; the parent
+#: replaces it with a message of its own saying what to do.
+IMPORT_TIME_CALL = "a compartment was started while its module was being imported"
+
+
+def importing() -> str | None:
+    """The module this process (a zygote) is importing to fork its compartments, if any:
+    a compartment started now would start a zygote that imports it again."""
+    return _importing
+
+
 def import_target_module(module: str) -> ModuleType:
-    """The module a target lives in; the parent's ``__main__`` is re-run as a module."""
+    """The module a target lives in, imported with compartment starts refused."""
+    global _importing
+    outer, _importing = _importing, module
+    try:
+        return _import(module)
+    finally:
+        _importing = outer
+
+
+def _import(module: str) -> ModuleType:
+    """The parent's ``__main__`` is re-run as a module."""
     if module in ("__main__", MAIN_ALIAS):
         loaded = sys.modules.get(MAIN_ALIAS)
         if loaded is None:
@@ -105,7 +133,10 @@ def _spawn(params: list[Any], _channel: object) -> int:
     module = str(spec["module"])
     if _module is None or module_key(module) != _module:
         raise ValueError(f"this zygote forks compartments of `{_module}`, not of `{module}`")
-    loaded = import_target_module(module)  # before fork: later forks reuse it
+    try:
+        loaded = import_target_module(module)  # before fork: later forks reuse it
+    except ImportTimeCall:
+        raise RuntimeError(IMPORT_TIME_CALL) from None
     # Read the sources tracebacks show once here, not in every child's spawn path.
     _child.warm_sources(loaded)
     _flush_stdio()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._text import printable, printable_lines
 
 __all__ = [
+    "BootstrapError",
     "CallTimeout",
     "CompartmentClosed",
     "CompartmentCrashed",
@@ -124,6 +125,11 @@ class CompartmentCrashed(CompartmentsError, ChildProcessError):
         self.compartment = compartment
         self.reason = printable(reason)
         super().__init__(f"compartment `{printable(compartment)}` crashed: {self.reason}")
+
+
+class BootstrapError(CompartmentsError, RuntimeError):
+    """A compartment was started while its own module was being imported to fork it:
+    a script that calls compartments outside its ``if __name__ == "__main__":`` guard."""
 
 
 class CompartmentClosed(CompartmentsError, RuntimeError):

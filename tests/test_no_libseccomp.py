@@ -102,3 +102,23 @@ def test_a_libseccomp_that_cannot_be_loaded_is_reported_by_check(tmp_path: Path)
     assert "Traceback" not in result.stderr
     assert any(line.startswith("NO") and "libseccomp.so.2" in line
                for line in result.stdout.splitlines())  # fmt: skip
+
+
+def test_decorating_with_static_rules_works_without_libseccomp(tmp_path: Path) -> None:
+    (tmp_path / "named_rules.py").write_text(_code("""
+        from compartments import compartment
+
+        @compartment(rules=["read", "write"])
+        def double(x):
+            return 2 * x
+    """))
+    result = _run(tmp_path, "-c", _code("""
+        import named_rules
+        from compartments.errors import UnsupportedError
+        try:
+            named_rules.double(2)
+        except UnsupportedError as exc:
+            print(exc)
+    """))
+    assert result.returncode == 0, result.stderr
+    assert "libseccomp.so.2 could not be loaded" in result.stdout

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from .._rules import SeccompRule
 from .._seccomp import syscall_exists
 
-__all__ = ["BuiltinRuleSet", "YesReally", "fd_number", "known"]
+__all__ = ["BuilderRuleSet", "BuiltinRuleSet", "YesReally", "fd_number", "known"]
 
 Self = TypeVar("Self", bound="BuiltinRuleSet")
 
@@ -83,6 +83,33 @@ class BuiltinRuleSet:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class BuilderRuleSet(BuiltinRuleSet):
+    """A RuleSet built up from ``nothing()`` (or taken whole with ``everything()``).
+
+    Its bare constructor is refused: ``SystemIO()`` would be a RuleSet granting nothing,
+    enabled without a word where the user meant some grant.
+    """
+
+    def __init__(self) -> None:
+        cls = type(self).__name__
+        whole = (
+            f"{cls}.everything() for all of it"
+            if hasattr(type(self), "everything")
+            else f"there is no {cls}.everything()"
+        )
+        raise TypeError(
+            f"{cls}() is not a RuleSet to enable: start from {cls}.nothing() and add the "
+            f"allow_* methods you need ({whole})"
+        )
+
+    @classmethod
+    def nothing(cls: type[Self]) -> Self:
+        """Nothing granted yet; add capabilities with the ``allow_*`` methods."""
+        empty = object.__new__(cls)
+        BuiltinRuleSet.__init__(empty)
+        return empty
 
 
 T = TypeVar("T", bound=BuiltinRuleSet)

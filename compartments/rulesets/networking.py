@@ -6,7 +6,7 @@ import socket
 
 from .._landlock import TCP_BIND, TCP_CONNECT, PortRule
 from .._rules import Arg, SeccompRule
-from ._builder import BuiltinRuleSet, YesReally
+from ._builder import BuilderRuleSet, YesReally
 
 __all__ = ["Networking"]
 
@@ -76,7 +76,7 @@ def _port_rule(port: int, access: int, method: str) -> PortRule:
     return PortRule(port, access, Networking.name)
 
 
-class Networking(BuiltinRuleSet):
+class Networking(BuilderRuleSet):
     """Sockets. AF_NETLINK, AF_PACKET, AF_ALG and raw sockets are never granted."""
 
     name = "Networking"

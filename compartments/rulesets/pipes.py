@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ._builder import BuiltinRuleSet
+from ._builder import BuilderRuleSet
 
 __all__ = ["Pipes"]
 
 
-class Pipes(BuiltinRuleSet):
+class Pipes(BuilderRuleSet):
     name = "Pipes"
 
     def allow_pipe(self) -> Pipes:

@@ -9,7 +9,7 @@ from typing import Any
 from .. import _landlock
 from .._landlock import PathRule
 from .._rules import Arg, SeccompRule
-from ._builder import BuiltinRuleSet, YesReally, fd_number
+from ._builder import BuilderRuleSet, YesReally, fd_number
 
 __all__ = ["SystemIO"]
 
@@ -69,7 +69,7 @@ def _stat_fd(fd: int) -> list[SeccompRule]:
     ]
 
 
-class SystemIO(BuiltinRuleSet):
+class SystemIO(BuilderRuleSet):
     """File and fd I/O. ``nothing()`` plus the ``allow_*`` methods you need."""
 
     name = "SystemIO"
@@ -77,7 +77,7 @@ class SystemIO(BuiltinRuleSet):
     @classmethod
     def everything(cls) -> SystemIO:
         """Every file syscall, opening any path included."""
-        return cls()._with(simple=READ + WRITE + OPEN + META + CLOSE + UNLINK + IOCTL)
+        return cls.nothing()._with(simple=READ + WRITE + OPEN + META + CLOSE + UNLINK + IOCTL)
 
     def allow_read(self) -> SystemIO:
         """Read and seek on any fd already open."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 from .._rules import Arg, SeccompRule
-from ._builder import BuiltinRuleSet, YesReally
+from ._builder import BuilderRuleSet, YesReally
 
 __all__ = ["CLONE_NEW_FLAGS", "CLONE_THREAD", "Threads"]
 
@@ -25,7 +25,7 @@ CLONE_NEW_FLAGS = (
 CLONE3_FALLBACK = SeccompRule("clone3").returning_errno(errno.ENOSYS)
 
 
-class Threads(BuiltinRuleSet):
+class Threads(BuilderRuleSet):
     name = "Threads"
 
     def allow_create(self) -> Threads:

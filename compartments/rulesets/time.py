@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ._builder import BuiltinRuleSet
+from ._builder import BuilderRuleSet
 
 __all__ = ["Time"]
 
 
-class Time(BuiltinRuleSet):
+class Time(BuilderRuleSet):
     """Clocks. The vDSO answers most reads, but some VMs fall back to the real syscall."""
 
     name = "Time"
