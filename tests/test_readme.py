@@ -131,3 +131,36 @@ def test_readme_program_runs(snippet: Snippet, tmp_path: Path) -> None:
 )
 def test_readme_fragment_compiles(snippet: Snippet) -> None:
     compile(snippet.source, f"README.md:{snippet.line}", "exec")
+
+
+def _write_programs(directory: Path) -> list[Path]:
+    paths = []
+    for snippet in _readme_blocks():
+        if not snippet.fragment:
+            path = directory / f"{snippet.module_name}.py"
+            path.write_text(snippet.source)
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "checker",
+    [
+        ["-m", "mypy", "--check-untyped-defs", "--no-error-summary"],
+        ["-m", "pyright"],
+    ],
+    ids=["mypy", "pyright"],
+)
+def test_readme_programs_type_check(checker: list[str], tmp_path: Path) -> None:
+    """The README's programs as a user's type checker sees them (untyped defs included)."""
+    module = checker[1]
+    if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
+        pytest.skip(f"{module} is not installed (make install adds it)")
+    paths = _write_programs(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO), MYPYPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, *checker, *map(str, paths)], capture_output=True, text=True,
+        timeout=280, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
