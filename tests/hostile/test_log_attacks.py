@@ -112,7 +112,9 @@ def test_a_flood_of_forged_records_is_bounded_and_its_drops_reported(
     assert 0 < arrived <= 2_000 + 1_000 * (elapsed + 1)  # the burst, then the rate
     texts = [r.getMessage() for r in caplog.records if r.name == "compartments"]
     reported = [int(m[1]) for t in texts if (m := re.search(r": (\d+) records dropped$", t))]
-    assert len(reported) in (1, 2), reported
+    # Reported once the flood is over (or every REPORT_INTERVAL): a starved machine can
+    # pause a flood for a quiet second more than once, but never more than once a second.
+    assert 1 <= len(reported) <= elapsed / _remote_log.QUIET_AFTER_FLOOD + 2, reported
     assert sum(reported) == 200_000 - arrived, reported
 
 
