@@ -108,7 +108,10 @@ class CompartmentFunction(Remote, Generic[P, R]):
         functools.update_wrapper(self, definition.target)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._call("__call__", args, kwargs)  # type: ignore[no-any-return]
+        supervised = self._supervised  # set once its child runs: then no mode to look at
+        if supervised is None or supervised._closed:
+            return self._call("__call__", args, kwargs)  # type: ignore[no-any-return]
+        return supervised.call("__call__", args, kwargs, self._timeout)  # type: ignore[no-any-return]
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._definition.fresh:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -282,12 +282,25 @@ class Supervised:
     def call(
         self, method: str, args: Sequence[Any], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
-        conn = self.connection()
-        timeout = self.definition.timeout if timeout is None else timeout
-        return self.send(
-            conn, method, args, kwargs, timeout,
-            lambda params: conn.call(method, params, timeout=timeout),
-        )  # fmt: skip
+        conn = self._connection  # the common case needs no lock: a live child
+        if conn is None or conn.failure is not None or self._closed:
+            conn = self.connection()
+        if timeout is None:
+            timeout = self.definition.timeout
+        if _needs_preparing(args) or (kwargs and _needs_preparing(kwargs.values())):
+            return self.send(
+                conn, method, args, kwargs, timeout,
+                lambda params: conn.call(method, params, timeout=timeout),
+            )  # fmt: skip
+        try:  # nothing to broker or offload: the call's frame is the arguments as they are
+            return conn.call(method, [args, kwargs], timeout=timeout)
+        except CallTimeout:
+            self._kill_stuck(conn, method, timeout)
+            raise
+        except (TypeError, OverflowError) as exc:
+            if not isinstance(exc.__cause__, RemoteTraceback):  # ours: it could not be sent
+                _check_arguments(self.definition, method, args, kwargs)
+            raise
 
     def send(
         self,
@@ -337,6 +350,25 @@ def send_call(
         raise
     finally:
         _largebytes.close_all(offloaded)  # sent (or not): the receiver has its own copy
+
+
+#: Argument types that never need brokering or offloading before a call is sent.
+_PLAIN_TYPES = frozenset({int, float, str, bool, type(None), list, dict, tuple})
+
+
+def _needs_preparing(values: Iterable[Any]) -> bool:
+    """Whether a top-level argument is a compartment (to broker a line for) or bytes large
+    enough to travel after the frame: the only values the slow path changes."""
+    for value in values:
+        kind = type(value)
+        if kind in _PLAIN_TYPES:
+            continue
+        if kind is bytes:
+            if len(value) >= _largebytes.TRAILING_MIN:
+                return True
+        elif isinstance(value, Remote):
+            return True
+    return False
 
 
 def _check_arguments(
