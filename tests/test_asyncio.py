@@ -15,7 +15,7 @@ from calling_workloads import echo, spin, spin_with_timeout
 
 from compartments import compartment, control
 from compartments.errors import CallTimeout
-from compartments.rulesets import SystemIO
+from compartments.rulesets import SystemIO, Threads
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,6 +28,31 @@ class Counter:
     def add(self, amount: int) -> int:
         self.count += amount
         return self.count
+
+
+@compartment(rules=[SystemIO.nothing(), Threads.nothing().allow_sleep().yes_really()])
+class Napper:
+    def nap(self, seconds: float) -> tuple[float, float]:
+        started = time.monotonic()  # CLOCK_MONOTONIC: the parent's clock too
+        time.sleep(seconds)
+        return started, time.monotonic()
+
+
+@pytest.mark.timeout(120)
+def test_awaits_on_many_compartments_all_run_at_once() -> None:
+    """No process-wide cap: 40 awaited naps (a pool of 32 threads ran 32) all start
+    before the first ends."""
+    nappers = [Napper() for _ in range(40)]
+    try:
+
+        async def main() -> list[tuple[float, float]]:
+            return await asyncio.gather(*(control(n).aio.nap(3.0) for n in nappers))
+
+        spans = asyncio.run(main())
+    finally:
+        for napper in nappers:
+            control(napper).close()
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
 
 
 def test_a_thousand_concurrent_awaits_complete() -> None:
