@@ -53,6 +53,15 @@ def swallow_a_denial_then_fail(path: str) -> None:
     raise ValueError("unrelated")
 
 
+@compartment(rules=[SystemIO.nothing()])
+def swallow_a_denial(path: str) -> str:
+    try:
+        open(path)
+    except PermissionError:
+        return "swallowed"
+    return "opened"
+
+
 @compartment(learn=True)
 def learn_workload(path: str, port: int) -> int:
     return workload(path, port)
@@ -131,6 +140,17 @@ def test_violation_is_logged_at_warning(
     assert any(
         r.levelno == logging.WARNING and "logged" in r.getMessage() for r in caplog.records
     )
+
+
+def test_a_swallowed_denial_is_logged_before_its_call_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The monitor records (and logs) before it answers the syscall: pytest files the
+    warning under the test that caused it, not a later one."""
+    with caplog.at_level(logging.WARNING, logger="compartments"):
+        assert swallow_a_denial(str(tmp_path / "swallowed-path")) == "swallowed"
+        logged = [r.getMessage() for r in caplog.records]
+    assert any("swallowed-path" in message for message in logged), logged
 
 
 def test_violations_are_recorded_on_the_compartment(tmp_path: Path) -> None:
