@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from ._connection import Connection, _Slot
 from ._supervised import Supervised
-from .errors import CallTimeout
+from .errors import CallTimeout, CompartmentClosed
 
 __all__ = ["call_async", "submit"]
 
@@ -67,7 +68,15 @@ class _Watch:
     def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.loop = loop
-        self.fd = conn.channel.fileno()
+        # Our own descriptor of the socket: the connection may close its fd (a crash, a
+        # close) from any thread, and a new socket may reuse that number; the loop must
+        # never be left watching a number that now names something else. The dup also
+        # shows the end of stream, so the awaiting calls hear of it.
+        try:
+            self.fd = os.dup(conn.channel.fileno())
+        except OSError:  # closed meanwhile
+            closed = CompartmentClosed(f"compartment `{conn.name}` is closed")
+            raise conn.failure or closed from None
         self.count = 0
         self.armed = False
 
@@ -82,6 +91,7 @@ class _Watch:
             self._disarm()
             if self.conn.watches.get(self.loop) is self:
                 del self.conn.watches[self.loop]
+            os.close(self.fd)
 
     def _arm(self) -> None:
         if self.conn.failure is not None:
@@ -97,6 +107,9 @@ class _Watch:
                 self.loop.remove_reader(self.fd)
 
     def _readable(self) -> None:
+        if self.conn.failure is not None:  # every awaiting call has its error: stop
+            self._disarm()
+            return
         if self.conn.read_if_free():
             return
         self._disarm()

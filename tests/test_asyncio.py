@@ -14,7 +14,7 @@ import pytest
 from calling_workloads import echo, spin, spin_with_timeout
 
 from compartments import compartment, control
-from compartments.errors import CallTimeout
+from compartments.errors import CallTimeout, CompartmentCrashed
 from compartments.rulesets import SystemIO, Threads
 
 pytestmark = pytest.mark.timeout(90)
@@ -186,3 +186,46 @@ def test_class_methods_are_awaitable_through_control() -> None:
             return [await counter.aio.add(2), await counter.aio.add(3)]
 
     assert asyncio.run(main()) == [2, 5]
+
+
+@compartment(rules=[SystemIO.nothing()], restart="on-crash")
+def crash_or_echo(value: int) -> int:
+    if value < 0:
+        os._exit(3)
+    return value
+
+
+def test_awaits_after_a_crash_and_restart_are_answered() -> None:
+    """The restarted child's socket may reuse the dead one's fd number: the loop must
+    watch the new one, not a stale registration."""
+
+    async def main() -> list[object]:
+        doomed = [asyncio.ensure_future(crash_or_echo.aio(v)) for v in (1, -1, 2)]
+        outcomes = await asyncio.gather(*doomed, return_exceptions=True)
+        after = await asyncio.wait_for(
+            asyncio.gather(*(crash_or_echo.aio(v) for v in range(50))), timeout=30
+        )
+        return [*outcomes, after]
+
+    first, crashed, behind, after = asyncio.run(main())
+    assert first == 1
+    assert isinstance(crashed, CompartmentCrashed)
+    assert isinstance(behind, CompartmentCrashed)
+    assert after == list(range(50))
+
+
+def test_closing_a_compartment_fails_its_pending_awaits() -> None:
+    spin(0.0)
+
+    async def main() -> BaseException | None:
+        pending = asyncio.ensure_future(spin.aio(2.0))
+        await asyncio.sleep(0.2)
+        await asyncio.get_running_loop().run_in_executor(None, control(spin).close)
+        try:
+            await asyncio.wait_for(pending, timeout=20)
+        except BaseException as exc:
+            return exc
+        return None
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, (CompartmentCrashed, ConnectionError)), outcome
