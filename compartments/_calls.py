@@ -37,8 +37,26 @@ def submit(
     Executor's task that started) and settles when the reply arrives."""
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     future.set_running_or_notify_cancel()
-    conn = supervised.connection()
     timeout = _timeout_for(supervised, timeout)
+    try:
+        _send_in_background(supervised, method, args, kwargs, timeout, future)
+    except (TypeError, ValueError, OverflowError):
+        raise  # an argument that cannot cross: the caller's mistake, raised at once
+    except Exception as exc:  # the compartment is gone or stuck: the call's outcome
+        if not future.done():
+            future.set_exception(exc)
+    return future
+
+
+def _send_in_background(
+    supervised: Supervised,
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    future: concurrent.futures.Future[Any],
+) -> None:
+    conn = supervised.connection()
 
     def settle(slot: _Slot) -> None:
         if slot.error is not None:
@@ -55,7 +73,6 @@ def submit(
             method, params, settle, timeout=timeout, on_timeout=stuck
         ),
     )  # fmt: skip
-    return future
 
 
 class _Watch:

@@ -130,7 +130,8 @@ class CompartmentFunction(Remote, Generic[P, R]):
 
         As with an Executor, the Future is running once the call is sent, so ``cancel()``
         then returns False; ``fresh=True`` and ``workers=N`` calls wait for a child first
-        and can be cancelled until then."""
+        and can be cancelled until then. An argument that cannot cross raises here; a
+        compartment that crashed or is stuck fails the Future."""
         if self._definition.fresh or self._definition.workers > 1:
             return _background().submit(self._call, "__call__", args, kwargs)
         return _calls.submit(self._supervised_instance(), "__call__", args, kwargs, self._timeout)

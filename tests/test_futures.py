@@ -137,3 +137,15 @@ def test_a_crash_fails_futures_queued_behind_the_crashing_call() -> None:
 def test_many_futures_in_flight_settle_in_order() -> None:
     futures = [echo.submit(value) for value in range(500)]
     assert [future.result(30) for future in futures] == list(range(500))
+
+
+def test_submit_to_a_crashed_compartment_returns_a_failed_future() -> None:
+    exit_now.close()
+    assert isinstance(exit_now.submit().exception(10), CompartmentCrashed)
+    late = exit_now.submit()  # restart="never": the compartment stays down
+    assert isinstance(late.exception(10), CompartmentCrashed)
+
+
+def test_an_argument_that_cannot_cross_raises_at_submit() -> None:
+    with pytest.raises(TypeError, match="value"):
+        echo.submit(object())  # type: ignore[arg-type]
