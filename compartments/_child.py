@@ -425,7 +425,6 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         primary = channel_from_fd(spec["channel"], "parent")
         keep = {0, 1, 2, primary.fileno()}
         _close_all_but(keep)
-        _largebytes.reader = _largebytes.read_by_mmap  # sealed: no pread, mmap is allowed
         start = _receive_start(primary, int(spec["max_message"]))
         _remote_log.forward_records(primary, spec.get("log_level"))
         try:
