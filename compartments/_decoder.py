@@ -50,6 +50,11 @@ _FEED_SLICE = 2**20
 # What the unpacker sees first of each chunk: a frame head at the start of a chunk is
 # found before its trailing bytes are copied into the unpacker's buffer.
 _HEAD_SLICE = 16 << 10
+#: A receive of up to this many bytes that holds exactly one whole frame (no fds, no
+#: trailing bytes) is decoded by one ``unpackb``, never copied into the unpacker's buffer.
+#: Below TRAILING_MIN every honest frame is inline msgpack, so that is the bound (an
+#: inline 64 KiB echo measured 2.7-2.9x raw with it, 3.6-3.8x with 16 KiB, same runs).
+_ALONE_MAX = _largebytes.TRAILING_MIN
 _MAX_EXT_LEN = _FD_INDEX.size + 4 * MAX_NAME_LENGTH
 _KEY_TYPES = frozenset({str, bytes, int, bool, float, type(None)})
 _tuple_new = tuple.__new__
@@ -185,15 +190,18 @@ class FrameDecoder:
         """
         size = len(data)
         self._take_fds(size, fds)
-        if size <= _HEAD_SLICE and self.trailing_target is None:
+        if self.trailing_target is None:
             if (
-                not self.between_frames
-                or self._batches
-                or size > self.max_message
-                or not self._decode_alone(data)
+                size <= _ALONE_MAX
+                and self.between_frames
+                and not self._batches
+                and size <= self.max_message
+                and self._decode_alone(data)
             ):
+                return
+            if size <= _HEAD_SLICE:
                 self._feed_slice(data)
-            return
+                return
         view = memoryview(data).cast("B")
         offset, step = 0, _HEAD_SLICE
         while offset < size:
