@@ -229,6 +229,11 @@ class FrameDecoder:
         """No part of a frame is buffered: the next byte starts a new one."""
         return self._fed == self._frame_start
 
+    @property
+    def has_ready(self) -> bool:
+        """A complete message is waiting: :meth:`next_message` would return it."""
+        return bool(self._ready)
+
     def next_message(self) -> Message | None:
         """The next complete message, or None until more bytes arrive."""
         return self._ready.popleft() if self._ready else None

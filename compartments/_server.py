@@ -194,6 +194,10 @@ class Server:
                 if type(message) is not Request:
                     message = decoder.next_message()
                     continue
+                if not held and not decoder.has_ready:  # alone: nothing to hold or to learn
+                    self._answer(channel, message)
+                    message = decoder.next_message()
+                    continue
                 method = message.method
                 started = perf_counter()
                 result, data, fds = self._reply(channel, message)
