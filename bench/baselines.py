@@ -10,6 +10,10 @@ import struct
 import time
 from collections.abc import Callable
 
+import msgpack
+
+from compartments._largebytes import unfilled_bytes
+
 from .targets import burn
 
 PING = b"x" * 16
@@ -28,13 +32,19 @@ def _receive_exactly(sock: socket.socket, view: memoryview) -> bool:
     return True
 
 
-def _echo_forever(sock: socket.socket) -> None:
+def _destination(size: int, fresh: bool, reused: memoryview) -> memoryview:
+    """Where a message of ``size`` bytes is received: a new ``bytes`` (what a call must
+    return) or a buffer reused across messages (the floor no call can reach)."""
+    return unfilled_bytes(size)[1] if fresh and size >= 2 else reused[:size]
+
+
+def _echo_forever(sock: socket.socket, fresh: bool) -> None:
     """Receive a whole length-prefixed message, then send it back, like an RPC does."""
-    buffer = bytearray(1 << 21)
+    buffer = memoryview(bytearray(1 << 21))
     header = bytearray(_HEADER.size)
     while _receive_exactly(sock, memoryview(header)):
         (size,) = _HEADER.unpack(header)
-        body = memoryview(buffer)[:size]
+        body = _destination(size, fresh, buffer)
         if not _receive_exactly(sock, body):
             break
         sock.sendall(body)
@@ -42,28 +52,126 @@ def _echo_forever(sock: socket.socket) -> None:
 
 
 class RawSocketPeer:
-    """A forked child echoing on a socketpair: the floor for any RPC over one."""
+    """A forked child echoing on a socketpair: the floor for any RPC over one.
 
-    def __init__(self) -> None:
+    ``fresh``: both ends receive into a new ``bytes`` per message, as a call must (the
+    fair baseline for payloads); otherwise into buffers reused across messages.
+    """
+
+    def __init__(self, fresh: bool = False) -> None:
+        self.fresh = fresh
         self.sock, child = socket.socketpair()
         self.pid = os.fork()
         if self.pid == 0:
             self.sock.close()
-            _echo_forever(child)
+            _echo_forever(child, fresh)
         child.close()
-        self._buffer = bytearray(1 << 21)
+        self._buffer = memoryview(bytearray(1 << 21))
 
     def round_trip(self, payload: bytes = PING) -> None:
         self.sock.sendall(_HEADER.pack(len(payload)) + payload if len(payload) < 4096 else
                           _HEADER.pack(len(payload)))  # fmt: skip
         if len(payload) >= 4096:
             self.sock.sendall(payload)
-        _receive_exactly(self.sock, memoryview(self._buffer)[: len(payload)])
+        _receive_exactly(self.sock, _destination(len(payload), self.fresh, self._buffer))
 
     def close(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)  # later forks hold copies: close alone is no EOF
         self.sock.close()
         os.waitpid(self.pid, 0)
+
+
+class _Forked:
+    """A forked child on one end of a socketpair, closed by shutting the pair down."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.sock, child = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            try:
+                serve(child)
+            finally:
+                os._exit(0)
+        child.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # later forks hold copies: close alone is no EOF
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+def _answer_msgpack_rpc(sock: socket.socket) -> None:
+    unpacker, packer = msgpack.Unpacker(), msgpack.Packer()
+    buffer = bytearray(1 << 16)
+    while n := sock.recv_into(buffer):
+        unpacker.feed(memoryview(buffer)[:n])
+        for request in unpacker:
+            sock.sendall(packer.pack([1, request[1], None, None]))
+
+
+class MsgpackPeer(_Forked):
+    """The floor of msgpack-RPC in Python: Packer and Unpacker on both ends, msgid
+    matching, no validation, no bounds, no deadline."""
+
+    def __init__(self) -> None:
+        super().__init__(_answer_msgpack_rpc)
+        self._packer, self._unpacker = msgpack.Packer(), msgpack.Unpacker()
+        self._buffer = bytearray(1 << 16)
+        self._msgid = 0
+
+    def round_trip(self) -> None:
+        self._msgid = msgid = (self._msgid + 1) & 0xFFFFFFFF
+        self.sock.sendall(self._packer.pack([0, msgid, "__call__", [[], {}]]))
+        while True:
+            for reply in self._unpacker:
+                if reply[1] == msgid:
+                    return
+            self._unpacker.feed(memoryview(self._buffer)[: self.sock.recv_into(self._buffer)])
+
+
+def _sink_forever(sock: socket.socket) -> None:
+    header, reused = bytearray(_HEADER.size), memoryview(bytearray(1 << 21))
+    while _receive_exactly(sock, memoryview(header)):
+        (size,) = _HEADER.unpack(header)
+        if not _receive_exactly(sock, _destination(size, True, reused)):
+            break
+        sock.send(b"k")
+
+
+class RawSink(_Forked):
+    """One way, parent to child: the child receives each message into a new ``bytes``
+    and acknowledges it with one byte."""
+
+    def __init__(self) -> None:
+        super().__init__(_sink_forever)
+
+    def send(self, payload: bytes) -> None:
+        self.sock.sendall(_HEADER.pack(len(payload)))
+        self.sock.sendall(payload)
+        self.sock.recv(1)
+
+
+def _source_forever(sock: socket.socket) -> None:
+    cached: dict[int, bytes] = {}
+    header = bytearray(_HEADER.size)
+    while _receive_exactly(sock, memoryview(header)):
+        (size,) = _HEADER.unpack(header)
+        sock.sendall(cached.setdefault(size, bytes(size)))
+
+
+class RawSource(_Forked):
+    """One way, child to parent: the child sends bytes it already holds, the parent
+    receives them into a new ``bytes``."""
+
+    def __init__(self) -> None:
+        super().__init__(_source_forever)
+
+    def receive(self, size: int) -> bytes:
+        self.sock.sendall(_HEADER.pack(size))
+        data, view = unfilled_bytes(size)
+        _receive_exactly(self.sock, view)
+        return data
 
 
 _STOP = "stop"

@@ -6,7 +6,12 @@ Three ladders, each rung adding one layer to the one before, in the same run:
   the full proxy, with the parent's own CPU time (``time.thread_time``: its Python plus
   its syscalls) apart from the rest (the child and the context switches), and a cProfile;
 - 1 MiB one way, from a raw socket into a reused buffer up to a full call;
-- 64 MiB, the memfd path's pieces against inline msgpack and trailing bytes.
+- 64 MiB one way, each direction, against a raw socket into a new ``bytes``, and inline
+  msgpack against trailing bytes.
+
+The no-op ladder is also the breakdown of the parent's per-call cost: each rung's parent
+CPU minus the one before is what that layer costs (``Proxy.__getattr__`` is measured
+alone, as it makes no round trip).
 """
 
 from __future__ import annotations
@@ -34,19 +39,22 @@ from .__main__ import ONE_CORE, per_op, pin
 Step = Callable[[], object]
 
 
-def _median_of(step: Step, rounds: int, calls: int) -> tuple[float, float]:
-    """(parent CPU, wall) per call in µs, medians over interleaved rounds."""
-    cpu, wall = [], []
+def _interleaved(steps: dict[str, Step], rounds: int, calls: int) -> dict[str, tuple[float, float]]:
+    """Each step's (parent CPU, wall) per call in µs: medians over rounds that run every
+    step in turn, so a burst of the VM's other work hits all of them alike."""
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
-        started_cpu, started = time.thread_time(), time.perf_counter()
-        for _ in range(calls):
-            step()
-        cpu.append((time.thread_time() - started_cpu) / calls * 1e6)
-        wall.append((time.perf_counter() - started) / calls * 1e6)
-    return statistics.median(cpu), statistics.median(wall)
+        for name, step in steps.items():
+            started_cpu, started = time.thread_time(), time.perf_counter()
+            for _ in range(calls):
+                step()
+            cpu[name].append((time.thread_time() - started_cpu) / calls * 1e6)
+            wall[name].append((time.perf_counter() - started) / calls * 1e6)
+    return {name: (statistics.median(cpu[name]), statistics.median(wall[name])) for name in steps}
 
 
-def noop_ladder(rounds: int = 5, calls: int = 3000) -> None:
+def noop_ladder(rounds: int = 9, calls: int = 1000) -> None:
     targets.noop()
     supervised = targets.noop._supervised  # type: ignore[attr-defined]
     conn = supervised.connection()
@@ -68,17 +76,28 @@ def noop_ladder(rounds: int = 5, calls: int = 3000) -> None:
         channel.receive_into(decoder)
         return decoder.next_message()
 
+    service = targets.Service()
+    service.ping()
+    service_supervised = service._supervised
+    floor = baselines.MsgpackPeer()
     steps: dict[str, Step] = {
         "raw socket ping-pong": raw.round_trip,
         "multiprocessing.Pipe": pipe.round_trip,
+        "msgpack-RPC floor, forked, unsealed": floor.round_trip,
         "bare msgpack client, sealed child": bare,
         "+ encoder, Channel, FrameDecoder": wire,
-        "+ Connection (routing, timeouts)": lambda: conn.call("__call__", [[], {}]),
-        "+ proxy and supervision (noop())": targets.noop,
+        "+ Connection (routing), no timeout": lambda: conn.call("__call__", [[], {}]),
+        "+ a timeout (a poll per call)": lambda: conn.call("__call__", [[], {}], timeout=60.0),
+        "+ Supervised.call": lambda: supervised.call("__call__", (), {}, None),
+        "+ the function proxy (noop())": targets.noop,
+        "class: Supervised.call": lambda: service_supervised.call("ping", (), {}, None),
+        "class: + Proxy.__getattr__ (ping())": lambda: service.ping(),
+        "Proxy.__getattr__ alone, no call": lambda: service.ping,
     }
-    pin([targets.noop.pid, pipe.pid, raw.pid], ONE_CORE)
+    pids = [targets.noop.pid, pipe.pid, raw.pid, floor.pid, service.pid]
+    pin(pids, ONE_CORE)
     try:
-        figures = {name: _median_of(step, rounds, calls) for name, step in steps.items()}
+        figures = _interleaved(steps, rounds, calls)
         print("\nno-op round trip, one core (µs per call)")
         print(f"{'rung':38} {'parent CPU':>10} {'wall':>7} {'rest':>7}")
         for name, (cpu, wall) in figures.items():
@@ -86,9 +105,11 @@ def noop_ladder(rounds: int = 5, calls: int = 3000) -> None:
         print("  rest = wall - parent CPU: the other process and the context switches")
         _print_profile(targets.noop, 20_000)
     finally:
-        pin([targets.noop.pid], None)
+        pin(pids, None)
         pipe.close()
         raw.close()
+        floor.close()
+        service.close()
         sock.close()
 
 
@@ -200,32 +221,42 @@ def payload_ladder(rounds: int = 5) -> None:
 
 
 def large_components(rounds: int = 3) -> None:
-    payload = os.urandom(64 << 20)
-    size = len(payload)
-    held = _largebytes._to_memfd(payload)
-    pieces: dict[str, Step] = {
-        "parent: fill and seal a new memfd": lambda: os.close(_largebytes._to_memfd(payload).fd),
-        "child: mmap it, copy into new bytes": lambda: _largebytes.read_by_mmap(held.fd, size),
-        "copy 64 MiB into a new bytes": lambda: _largebytes.unfilled_bytes(size)[1].__setitem__(
-            slice(None), payload
-        ),
-    }
-    print("\n64 MiB (ms)")
-    for name, piece in pieces.items():
-        print(f"{name:38} {statistics.median(per_op(piece, 1) * 1e3 for _ in range(5)):7.1f}")
-    os.close(held.fd)
-    defaults = _largebytes.THRESHOLD, _largebytes.TRAILING_MIN
-    never = 1 << 62
-    modes = {"inline msgpack": (never, never), "trailing bytes": (never, defaults[1]),
-             "memfd (automatic)": defaults}  # fmt: skip
+    """64 MiB one way, each direction, and inline msgpack against trailing bytes."""
+    size = 64 << 20
+    payload = os.urandom(size)
+    sink, source = baselines.RawSink(), baselines.RawSource()
     targets.consume(b"")
+    targets.produce_held(size)
+    default = _largebytes.TRAILING_MIN
+
+    def inline() -> object:
+        _largebytes.TRAILING_MIN = 1 << 62
+        try:
+            return targets.consume(payload)
+        finally:
+            _largebytes.TRAILING_MIN = default
+
+    pieces: dict[str, Step] = {
+        "raw, parent to child, into new bytes": lambda: sink.send(payload),
+        "call, parent to child (trailing bytes)": lambda: targets.consume(payload),
+        "call, parent to child, inline msgpack": inline,
+        "raw, child to parent, into new bytes": lambda: source.receive(size),
+        "call, child to parent (trailing bytes)": lambda: targets.produce_held(size),
+    }
+    pids = [sink.pid, source.pid, targets.consume.pid, targets.produce_held.pid]
+    pin(pids, ONE_CORE)  # type: ignore[arg-type]
     try:
-        for name, (threshold, trailing_min) in modes.items():
-            _largebytes.THRESHOLD, _largebytes.TRAILING_MIN = threshold, trailing_min
-            times = [per_op(lambda: targets.consume(payload), 1) * 1e3 for _ in range(rounds)]
-            print(f"{'call, ' + name:38} {statistics.median(times):7.1f}")
+        times: dict[str, list[float]] = {name: [] for name in pieces}
+        for _ in range(rounds):
+            for name, piece in pieces.items():
+                times[name].append(per_op(piece, 1) * 1e3)
+        print("\n64 MiB one way, one core (ms, median of interleaved rounds)")
+        for name, values in times.items():
+            print(f"{name:40} {statistics.median(values):7.1f}")
     finally:
-        _largebytes.THRESHOLD, _largebytes.TRAILING_MIN = defaults
+        pin(pids, None)  # type: ignore[arg-type]
+        sink.close()
+        source.close()
 
 
 def main() -> int:

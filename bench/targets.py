@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import sys
 import time
 
@@ -31,6 +32,24 @@ def first_answer() -> int:
     return 1
 
 
+@compartment(rules=[SystemIO.nothing()])
+class Service:
+    """A class compartment: its calls go through ``Proxy.__getattr__``."""
+
+    def ping(self) -> None:
+        return None
+
+
+@compartment(rules=[SystemIO.nothing()])
+def getpid_loop(count: int) -> float:
+    """Nanoseconds per ``getpid`` (a cheap allowed syscall) in a tight loop, in here."""
+    getpid = os.getpid
+    started = time.perf_counter_ns()
+    for _ in range(count):
+        getpid()
+    return (time.perf_counter_ns() - started) / count
+
+
 def burn(n: int) -> int:
     """CPU-bound work for the Pool."""
     total = 0
@@ -48,6 +67,7 @@ def unsealed(function: object) -> object:
 
 
 noop_unsealed = unsealed(noop)
+getpid_loop_unsealed = unsealed(getpid_loop)
 
 
 @compartment(rules=[SystemIO.nothing()], max_message=128 << 20)
@@ -58,6 +78,15 @@ def consume(payload: bytes) -> int:
 @compartment(rules=[SystemIO.nothing()])
 def produce(size: int) -> bytes:
     return bytes(size)
+
+
+_held: dict[int, bytes] = {}
+
+
+@compartment(rules=[SystemIO.nothing()], max_message=128 << 20)
+def produce_held(size: int) -> bytes:
+    """``size`` bytes the child already holds: one way, child to parent, nothing built."""
+    return _held.setdefault(size, bytes(size))
 
 
 #: A stdlib package of a few modules that nothing in a compartment of this module imports.

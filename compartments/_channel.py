@@ -46,9 +46,10 @@ CHANNEL_TEARDOWN_SYSCALLS: frozenset[str] = frozenset({"shutdown", "close"})
 
 # Enough for what a unix socket delivers per call (its send buffer is ~200 KiB).
 RECEIVE_BUFFER_SIZE = 256 * 1024
-# What is read at a frame boundary: all of a small frame, but little of a large one's
-# trailing bytes, which are better received straight into their destination.
-HEAD_RECEIVE_SIZE = 16 * 1024
+# What is read at a frame boundary: all of an inline frame (below TRAILING_MIN, 128 KiB,
+# every honest frame is inline), but little of a large one's trailing bytes, which are
+# better received straight into their destination.
+HEAD_RECEIVE_SIZE = 128 * 1024
 _FD_ITEM = array.array("i").itemsize
 _ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * _FD_ITEM)
 # Plain ints: the socket module's IntFlag members make `flags & X` a slow enum call.

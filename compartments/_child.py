@@ -367,7 +367,7 @@ class _Compartment:
         return list(rules)
 
     def handle(self, method: str, params: list[Any], channel: Channel) -> Any:
-        if method.startswith("$"):
+        if method[0] == "$":  # the decoder lets no empty method through
             if channel is not self.primary:
                 raise PermissionError(f"`{method}` may only come from the parent")
             return self._control(method, params)
@@ -378,15 +378,22 @@ class _Compartment:
             _remote_log.flush_drops()
 
     def _call(self, method: str, params: list[Any]) -> Any:
-        args, kwargs = _split_params(method, params)
-        if args or kwargs:
+        # _split_params inline: this runs for every call
+        if len(params) != 2 or type(params[0]) is not list or type(params[1]) is not dict:
+            _split_params(method, params)  # raises, naming the call
+        args, kwargs = params
+        if args and PeerRef in map(type, args):
             args = [_with_peers(a, self.max_message) for a in args]
-            kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
+        if kwargs:
+            if not _STR.issuperset(map(type, kwargs)):
+                _split_params(method, params)
+            if PeerRef in map(type, kwargs.values()):
+                kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
         if self.instance is None:
             if method != "__call__":
                 raise AttributeError(f"function compartment `{self.name}` has only __call__")
             return self.target(*args, **kwargs)
-        if method.startswith("_"):
+        if method[0] == "_":
             raise AttributeError(f"`{method}` is private to compartment `{self.name}`")
         return getattr(self.instance, method)(*args, **kwargs)
 
@@ -403,6 +410,9 @@ class _Compartment:
             )
             return None
         raise AttributeError(f"unknown control method `{method}`")
+
+
+_STR = frozenset({str})
 
 
 def _split_params(method: str, params: list[Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -425,7 +435,6 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         primary = channel_from_fd(spec["channel"], "parent")
         keep = {0, 1, 2, primary.fileno()}
         _close_all_but(keep)
-        _largebytes.reader = _largebytes.read_by_mmap  # sealed: no pread, mmap is allowed
         start = _receive_start(primary, int(spec["max_message"]))
         _remote_log.forward_records(primary, spec.get("log_level"))
         try:

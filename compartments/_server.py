@@ -11,6 +11,15 @@ unread until it has drained (flow control), and a line whose outbox has not drai
 within its deadline is dropped. A peer also gets at most :data:`PEER_TURN` answers in a
 row before the others (the parent last) get theirs. One peer can then never park the
 server, and the parent and the other peers keep being served.
+
+Answers to the parent to requests read together go out together: a reply is held back
+for the next one's only while that next request is already decoded and its method ran
+quickly (under :data:`QUICK_HANDLER`) the last time it ran, so a held reply waits behind
+calls that were quick (a slow one, or one never seen, is not waited for); and up to
+:data:`BATCH_REPLIES` replies or :data:`BATCH_BYTES` bytes. A reply carrying fds or
+trailing bytes goes out alone (fds travel with the first bytes of their own frame),
+after the ones held before it. Order is kept: replies leave in the order their requests
+arrived.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any
 
 from . import _wire
@@ -36,6 +46,14 @@ PEER_DRAIN_TIMEOUT = 30.0
 #: Requests answered on one peer line before the other lines get a turn.
 PEER_TURN = 16
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+#: A method that last ran in less than this many seconds may have the replies before it
+#: held back, to go out in one send with its own.
+QUICK_HANDLER = 100e-6
+#: At most this many replies, and this many bytes of them, go out in one send.
+BATCH_REPLIES = 64
+BATCH_BYTES = 256 << 10
+#: Methods remembered as quick (the parent names them; the set stays bounded).
+_MAX_QUICK_METHODS = 1024
 
 
 class _Outbox:
@@ -63,6 +81,7 @@ class Server:
         self._drain_timeouts: dict[Channel, float] = {}
         self._outboxes: dict[Channel, _Outbox] = {}
         self._backlog: set[Channel] = set()  # peer lines that used up their turn
+        self._quick: set[str] = set()  # methods whose last run took under QUICK_HANDLER
 
     def add_channel(
         self, channel: Channel, name: str, *, drain_timeout: float = PEER_DRAIN_TIMEOUT
@@ -144,9 +163,7 @@ class Server:
         whole (the rest wait in the decoder until the line's outbox drains) or, on a
         peer line, until the line has had its turn (the rest wait for the next one)."""
         if channel is self.primary:
-            while (message := decoder.next_message()) is not None:
-                if type(message) is Request:
-                    self._answer(channel, message)
+            self._answer_parent(channel, decoder)
             return
         outboxes = self._outboxes
         for _ in range(PEER_TURN):
@@ -165,13 +182,66 @@ class Server:
             return False
         return True
 
-    def _answer(self, channel: Channel, request: Request) -> None:
+    def _answer_parent(self, channel: Channel, decoder: FrameDecoder) -> None:
+        """Answer the parent's decoded requests in order, blocking, batching the replies
+        of quick calls read together into one send (see the module's docstring)."""
+        quick = self._quick
+        held: list[bytes] = []
+        held_size = 0
+        message = decoder.next_message()
+        try:
+            while message is not None:
+                if type(message) is not Request:
+                    message = decoder.next_message()
+                    continue
+                if not held and not decoder.has_ready:  # alone: nothing to hold or to learn
+                    self._answer(channel, message)
+                    message = decoder.next_message()
+                    continue
+                method = message.method
+                started = perf_counter()
+                result, data, fds = self._reply(channel, message)
+                if perf_counter() - started < QUICK_HANDLER:
+                    if len(quick) < _MAX_QUICK_METHODS:
+                        quick.add(method)
+                else:
+                    quick.discard(method)
+                message = decoder.next_message()
+                while message is not None and type(message) is not Request:
+                    message = decoder.next_message()
+                if fds or type(data) is not bytes:
+                    if held:
+                        batch, held, held_size = held, [], 0
+                        channel.send(b"".join(batch))
+                    channel.send(data, fds)
+                    del result  # it owned the fds until they were sent
+                    continue
+                held.append(data)
+                held_size += len(data)
+                if (
+                    message is None
+                    or message.method not in quick
+                    or len(held) >= BATCH_REPLIES
+                    or held_size >= BATCH_BYTES
+                ):
+                    batch, held, held_size = held, [], 0
+                    channel.send(batch[0] if len(batch) == 1 else b"".join(batch))
+        finally:  # a later frame that broke the protocol: what was answered still goes
+            if held:
+                channel.send(b"".join(held))
+
+    def _reply(self, channel: Channel, request: Request) -> tuple[Any, _wire.FrameBytes, list[int]]:
+        """The result (which owns any fds until they are sent) and the encoded reply."""
         result: Any = None
         try:
             result = self._handler(request.method, request.params, channel)
             data, fds = _wire.encode_response(request.msgid, None, result, method=request.method)
         except Exception as exc:  # the caller gets it as data; SystemExit ends the process
             data, fds = _wire.encode_response(request.msgid, _wire.encode_error(exc), None)
+        return result, data, fds
+
+    def _answer(self, channel: Channel, request: Request) -> None:
+        result, data, fds = self._reply(channel, request)
         if channel is self.primary:
             channel.send(data, fds)
             return

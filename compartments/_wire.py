@@ -1,11 +1,12 @@
 """msgpack-RPC frames between compartments, safe to decode from a hostile peer.
 
 Only msgpack-native values cross (None, bool, int, float, str, bytes, list/tuple,
-dict) plus four extensions. Three reference file descriptors travelling in the same
-frame via SCM_RIGHTS: :class:`Fd` (ext 1), :class:`PeerRef` (ext 2) and a large
-payload's memfd (ext 3). The fourth (ext 4) stands for a large bytes value that
-follows the frame's msgpack head raw, so nobody copies it in user space (see
-``_largebytes``). No pickle: a compromised compartment can send bytes, never code.
+dict) plus three extensions. Two reference file descriptors travelling in the same
+frame via SCM_RIGHTS: :class:`Fd` (ext 1) and :class:`PeerRef` (ext 2). The third
+(ext 4) stands for a large bytes value that follows the frame's msgpack head raw, so
+nobody copies it in user space (see ``_largebytes``). Ext 3 was a large payload's
+memfd; it is retired, and refused from everyone. No pickle: a compromised compartment
+can send bytes, never code.
 ``Fd``/``PeerRef`` live in ``_fd`` and error payloads in ``_remote_errors``; both are
 re-exported here.
 
@@ -110,7 +111,7 @@ FrameBytes = bytes | list[bytes]
 # --------------------------------------------------------------------- encoding
 
 
-_OUT_OF_BAND = (Fd, PeerRef, _largebytes.LargeBytes, _largebytes.TrailingBytes)
+_OUT_OF_BAND = (Fd, PeerRef, _largebytes.TrailingBytes)
 
 
 class _NeedsSecondPass(Exception):
@@ -152,9 +153,6 @@ class _Collector:
             fds.append(value.fd.fileno())
             payload = _FD_INDEX.pack(len(fds) - 1) + value.name.encode("utf-8")
             return msgpack.ExtType(EXT_PEER, payload)
-        if isinstance(value, _largebytes.LargeBytes):
-            fds.append(value.fd)
-            return msgpack.ExtType(EXT_MEMFD, _MEMFD.pack(len(fds) - 1, value.size))
         if isinstance(value, _largebytes.TrailingBytes):
             self.trailers.append(value.data)
             return msgpack.ExtType(EXT_TRAILING, _TRAILING.pack(len(value.data)))

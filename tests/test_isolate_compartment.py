@@ -245,7 +245,7 @@ def test_rpc_works_normally(inside: Any) -> None:
     assert [inside.echo(n) for n in range(50)] == list(range(50))
 
 
-@pytest.mark.parametrize("size", [3 << 20, 8 << 20], ids=["trailing", "memfd"])
+@pytest.mark.parametrize("size", [3 << 20, 8 << 20], ids=["3mib", "8mib"])
 def test_large_payloads_cross(inside: Any, size: int) -> None:
     big = os.urandom(size)
     assert inside.echo(big) == big

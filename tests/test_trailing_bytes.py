@@ -294,10 +294,10 @@ def test_mid_sized_bytes_cross_both_ways_intact_and_as_bytes(received_unfilled: 
     assert echo.violations == []
 
 
-def test_a_result_above_the_memfd_threshold_returns_as_trailing_bytes(
+def test_a_result_of_megabytes_returns_as_trailing_bytes(
     received_unfilled: list[int],
 ) -> None:
-    size = 2 * _largebytes.THRESHOLD
+    size = 8 << 20
     assert make(size, 7) == bytes([7]) * size
     assert received_unfilled == [size]
     assert make.violations == []
@@ -310,7 +310,7 @@ def test_pipelined_calls_with_mixed_sizes_each_get_their_own_reply() -> None:
 
 
 def test_a_sealed_caller_sends_even_huge_bytes_as_trailing_bytes_not_memfds() -> None:
-    huge = bytes(2 * _largebytes.THRESHOLD)
+    huge = bytes(8 << 20)
     args, _, made = _largebytes.offload([huge], {}, memfds=False)
     assert made == [] and isinstance(args[0], _largebytes.TrailingBytes)
     assert args[0].data is huge

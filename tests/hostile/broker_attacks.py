@@ -26,14 +26,18 @@ class SilentPeer:
         return 1
 
     def turn_evil(self) -> None:
+        """From now on ``$attach`` requests are read and dropped, never answered."""
         server = _server_on_stack()
-        original = server._answer
+        decoder = server._decoders[server.primary]
+        original = decoder.next_message
 
-        def answer(channel: Any, request: Any) -> None:
-            if request.method != "$attach":
-                original(channel, request)
+        def next_message() -> Any:
+            message = original()
+            while message is not None and getattr(message, "method", None) == "$attach":
+                message = original()
+            return message
 
-        server._answer = answer
+        decoder.next_message = next_message
 
 
 @compartment(rules=[SystemIO.nothing()])

@@ -270,7 +270,7 @@ def test_a_blocking_call_behind_a_pending_one_returns() -> None:
 @pytest.mark.timeout(60)
 def test_a_timed_call_behind_a_pending_one_returns_within_its_timeout() -> None:
     try:
-        data = os.urandom(1 << 20)  # from 4 MiB up a memfd carries it: no blocked send
+        data = os.urandom(1 << 20)  # more than the socket buffers hold: a blocked send
         future = echo_size_timed.submit(data)
         assert echo_size_timed(data) == data
         assert future.result() == data

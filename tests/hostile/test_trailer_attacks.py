@@ -12,6 +12,7 @@ import pytest
 from trailer_attacks import PeerTrailerForger, TrailerForger, Victim
 
 from compartments import control
+from compartments._largebytes import TRAILING_MIN
 from compartments.errors import ProtocolError
 
 PROMPTLY = 5.0
@@ -43,10 +44,10 @@ def test_a_reply_of_millions_of_tiny_trailing_values_does_not_grow_the_parent() 
 def test_legal_trailing_values_beside_many_maps_decode_in_linear_time() -> None:
     with TrailerForger() as forger:
         cpu = _parent_cpu()
-        # Honest-sized trailing values (32 KiB, the smallest an honest sender sends): the
-        # old decoder spent trailers x maps set builds on this 33 MiB reply.
-        result = control(forger).with_timeout(20).reply(1_000, 200_000, 32 << 10)
-        assert len(result) == 201_000 and result[0] == b"x" * (32 << 10)
+        # Honest-sized trailing values (the smallest an honest sender sends): the old
+        # decoder spent trailers x maps set builds on this 50 MiB reply.
+        result = control(forger).with_timeout(20).reply(400, 200_000, TRAILING_MIN)
+        assert len(result) == 200_400 and result[0] == b"x" * TRAILING_MIN
         assert _parent_cpu() - cpu < PROMPTLY
 
 
