@@ -14,6 +14,7 @@ from ._learn import LearnedPolicy
 from ._pool import Pool
 from ._proxy import CompartmentClass, CompartmentFunction, Proxy, RestartPolicy, compartment
 from ._rules import Arg, RuleSet, SeccompRule
+from ._serve import Served, serve
 from ._violations import Violation
 from ._wire import Fd
 
@@ -33,7 +34,9 @@ __all__ = [
     "SafetyContext",
     "Scope",
     "SeccompRule",
+    "Served",
     "Violation",
     "compartment",
     "errors",
+    "serve",
 ]
