@@ -31,7 +31,7 @@ from typing import Any
 
 from ._fd import Fd
 from ._supervised import Remote, Supervised
-from .errors import CompartmentsError
+from .errors import CompartmentCrashed, CompartmentsError
 
 __all__ = ["ATTACH_TIMEOUT", "DEFAULT_MAX_CLIENTS", "MAX_CLIENTS_LIMIT", "Served", "serve"]
 
@@ -184,9 +184,7 @@ class Served:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)  # the compartment cannot
         watch, held = os.pipe2(os.O_CLOEXEC)
         try:
-            conn = self._supervised.connection()
-            options = {**self._options, "sentinel": Fd(held)}
-            conn.call("$attach", [Fd(sock), name, options], timeout=ATTACH_TIMEOUT)
+            self._hand_over(sock, name, held)
         except (CompartmentsError, OSError, ValueError, TypeError, RuntimeError) as exc:
             log.warning("serving `%s`: could not hand a line to %s: %s", self.name, name, exc)
             sock.close()
@@ -197,6 +195,18 @@ class Served:
         with self._lock:
             self._lines[watch] = _Line(sock, watch)
         self.served += 1
+
+    def _hand_over(self, sock: socket.socket, name: str, held: int) -> None:
+        """``$attach`` the client's socket; a compartment found dead on the way is
+        restarted (as its restart policy allows) and asked once more."""
+        params = [Fd(sock), name, {**self._options, "sentinel": Fd(held)}]
+        conn = self._supervised.connection()
+        try:
+            conn.call("$attach", params, timeout=ATTACH_TIMEOUT)
+        except (CompartmentCrashed, ConnectionError):
+            if conn.failure is None:
+                raise
+            self._supervised.connection().call("$attach", params, timeout=ATTACH_TIMEOUT)
 
     def _end_line(self, watch: int) -> None:
         with self._lock:
