@@ -109,10 +109,13 @@ class Server:
                 elif channel in self._backlog:
                     if not self._serve_backlog(channel):
                         self._drop(channel)
-                elif events and not self._serve_one_read(channel, nonblocking=True):
-                    if channel is primary:
-                        return
-                    self._drop(channel)
+                elif events:
+                    if channel is not primary and channel in self._encoders:
+                        self._parent_first()  # a client's read may be a large one
+                    if not self._serve_one_read(channel, nonblocking=True):
+                        if channel is primary:
+                            return
+                        self._drop(channel)
 
     def _wait_for_any(self) -> list[tuple[Channel, int]]:
         """Lines ready to read and lines with an outbox that has room; with no events,
