@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from compartments import compartment
 from compartments.rulesets import SystemIO
@@ -23,6 +24,12 @@ class Calc:
 
     def own_pid(self) -> int:
         return os.getpid()
+
+    def spin(self, milliseconds: float) -> None:
+        """Keep the compartment busy (the clock is read through the vDSO: no syscall)."""
+        end = time.monotonic() + milliseconds / 1000
+        while time.monotonic() < end:
+            pass
 
     def big(self, size: int) -> bytes:
         return b"x" * size

@@ -21,6 +21,10 @@ import msgpack
 GIGABYTE_HEADER = bytes([0x94, 0x00, 0x01, 0xA4]) + b"echo" + bytes([0x91, 0xC6, 0x40, 0, 0, 0])
 
 
+#: Requests a flooding client has in flight at once.
+PIPELINED = 256
+
+
 def connect(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5)
@@ -61,12 +65,29 @@ def flood(path: str, until: float) -> None:
     """Pipelined requests as fast as the line takes them, reading every answer: the
     compartment is kept busy with this line's work."""
     with connect(path) as sock:
-        batch = b"".join(request(i % 1000) for i in range(64))
+        batch = b"".join(request(i, "echo", ["x" * 512]) for i in range(PIPELINED))
         unpacker = msgpack.Unpacker()
         while time.monotonic() < until:
             sock.sendall(batch)
             answered = 0
-            while answered < 64:
+            while answered < PIPELINED:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                unpacker.feed(data)
+                answered += sum(1 for _ in unpacker)
+
+
+def spin(path: str, until: float) -> None:
+    """Pipelined requests that each keep the compartment busy for 5 ms."""
+    with connect(path) as sock:
+        sock.settimeout(30)
+        batch = b"".join(request(i, "spin", [5]) for i in range(100))
+        unpacker = msgpack.Unpacker()
+        while time.monotonic() < until:
+            sock.sendall(batch)
+            answered = 0
+            while answered < 100:
                 data = sock.recv(65536)
                 if not data:
                     return
@@ -135,6 +156,7 @@ MODES: dict[str, Callable[[str, float], None]] = {
     "garbage": garbage,
     "gigabyte": gigabyte,
     "flood": flood,
+    "spin": spin,
     "unread": unread,
     "slow": slow,
     "churn": churn,

@@ -295,6 +295,28 @@ def test_the_parents_calls_stay_within_twice_idle_latency_under_hostile_clients(
     assert outcome is None, outcome
 
 
+@pytest.mark.timeout(60)
+def test_the_parent_waits_for_no_more_than_the_client_request_in_progress(
+    served: compartments.Served, calc: Any
+) -> None:
+    """Two clients keep 100 requests of 5 ms each in flight: the parent's call waits
+    for the one being served, not for a turn of each client's queue (16 each)."""
+    spinners = [attack("spin", served.path, 10.0) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        waits = []
+        for _ in range(40):
+            start = time.perf_counter()
+            calc.add(1, 2)
+            waits.append(time.perf_counter() - start)
+            time.sleep(0.003)
+    finally:
+        for process in spinners:
+            process.kill()
+            process.wait()
+    assert statistics.median(waits) < 0.010, f"median wait {statistics.median(waits) * 1e3:.1f} ms"
+
+
 @pytest.mark.timeout(180)
 def test_a_thousand_clients_leave_no_fd_or_thread_behind(
     served: compartments.Served, calc: Any
