@@ -16,6 +16,9 @@ class Calc:
     def add(self, a: int, b: int = 0) -> int:
         return a + b
 
+    def parse_int(self, text: str) -> int:
+        return int(text)
+
     def echo(self, value: object) -> object:
         return value
 
