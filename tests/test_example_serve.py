@@ -145,7 +145,8 @@ def test_the_read_api_is_served_to_a_second_process(tmp_path: Path) -> None:
             time.sleep(0.01)
         assert f"on {socket_path}\n" in "".join(served.lines)
         for message in ("first", "second"):
-            assert http_request("127.0.0.1", _port(served), "POST", "/write", message.encode())[0] == 200
+            status = http_request("127.0.0.1", _port(served), "POST", "/write", message.encode())
+            assert status[0] == 200
         read = subprocess.run(
             [sys.executable, "-c", READ_ONE_LINER, str(socket_path)],
             capture_output=True, text=True, timeout=30, check=True,
