@@ -25,13 +25,15 @@ import socket
 import stat
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
 from ._fd import Fd
 from ._supervised import Remote, Supervised
-from .errors import CompartmentCrashed, CompartmentsError
+from ._text import printable
+from .errors import CompartmentClosed, CompartmentCrashed, CompartmentsError
 
 __all__ = ["ATTACH_TIMEOUT", "DEFAULT_MAX_CLIENTS", "MAX_CLIENTS_LIMIT", "Served", "serve"]
 
@@ -100,6 +102,8 @@ class Served:
         self._closed = False
         self.served = 0
         self.refused = 0
+        self._warned_at = -1.0
+        self._unwarned = 0
         self._listener, self._inode = _listen(path, mode, max_clients)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(
@@ -152,7 +156,7 @@ class Served:
                 return
             except OSError as exc:  # EMFILE and the like: this client waits, we go on
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("serving `%s`: cannot accept a client: %s", self.name, exc)
+                    self._warn(f"cannot accept a client: {exc}")
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
@@ -186,15 +190,30 @@ class Served:
         try:
             self._hand_over(sock, name, held)
         except (CompartmentsError, OSError, ValueError, TypeError, RuntimeError) as exc:
-            log.warning("serving `%s`: could not hand a line to %s: %s", self.name, name, exc)
             sock.close()
             os.close(watch)
+            if isinstance(exc, CompartmentClosed):  # closed by its owner: nothing to serve
+                log.warning("serving `%s` on %s stops: %s", self.name, self.path, exc)
+                self._closed = True
+            else:
+                self._warn(f"could not hand a line to {name}: {exc}")
             return
         finally:
             os.close(held)
         with self._lock:
             self._lines[watch] = _Line(sock, watch)
         self.served += 1
+
+    def _warn(self, text: str) -> None:
+        """A warning, at most one a second (clients arrive as fast as they like), with
+        the count of those held back."""
+        now = time.monotonic()
+        if now - self._warned_at < 1.0:
+            self._unwarned += 1
+            return
+        held_back = f" ({self._unwarned} more like it held back)" if self._unwarned else ""
+        log.warning("serving `%s`: %s%s", self.name, printable(text), held_back)
+        self._warned_at, self._unwarned = now, 0
 
     def _hand_over(self, sock: socket.socket, name: str, held: int) -> None:
         """``$attach`` the client's socket; a compartment found dead on the way is
