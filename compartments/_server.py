@@ -199,7 +199,7 @@ class Server:
 
     def _answer(self, channel: Channel, request: Request) -> None:
         result: Any = None
-        encoder = self._encoders.get(channel)
+        encoder = self._encoders.get(channel) if self._encoders else None
         try:
             result = self._handler(request.method, request.params, channel)
             if encoder is None:
