@@ -140,15 +140,19 @@ def test_a_frame_over_the_clients_max_message_ends_the_line(calc: Any, tmp_path:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("referenced", [False, True], ids=["stray", "as-an-Fd-argument"])
 def test_fds_a_client_sends_are_closed_and_its_line_dropped(
-    served: compartments.Served, calc: Any
+    served: compartments.Served, calc: Any, referenced: bool
 ) -> None:
+    """An fd alone, or one the frame passes as an ``Fd`` (as the parent may): either
+    way the compartment never gets it."""
     read_end, write_end = os.pipe()
+    argument = msgpack.ExtType(1, b"\0\0\0\0") if referenced else 1
     try:
         with socket.socket(socket.AF_UNIX) as bad:
             bad.connect(served.path)
             rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_end]))]
-            bad.sendmsg([msgpack.packb([0, 1, "add", [1, 2]])], rights)
+            bad.sendmsg([msgpack.packb([0, 1, "echo", [argument]])], rights)
             assert ended_within(bad, 5)
         os.close(write_end)
         write_end = -1
