@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -300,3 +301,20 @@ def test_serving_stops_once_its_compartment_is_closed(tmp_path: Path) -> None:
         assert client.ended()
     assert wait_for(lambda: not os.path.exists(server.path))  # it stopped listening
     server.close()
+
+
+def test_a_clients_traceback_goes_to_the_parents_logging(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="compartments.remote.Calc")  # before it starts
+    with Calc() as proxy, compartments.serve(proxy, tmp_path / "log.sock") as server:
+        with Client(server.path) as client:
+            assert client.request("fail", ["bad input"])[0]["message"] == "bad input"
+        proxy.add(1, 1)  # the parent reads the record with its next reply
+    records = [r for r in caplog.records if r.name.startswith("compartments.remote.Calc")]
+    assert any(
+        "`fail` from served client" in r.getMessage()
+        and "serve_targets.py" in (r.exc_text or "")
+        and "ValueError: bad input" in (r.exc_text or "")
+        for r in records
+    ), [(r.getMessage(), r.exc_text) for r in records]
