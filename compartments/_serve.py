@@ -102,7 +102,7 @@ class Served:
         self._closed = False
         self.served = 0
         self.refused = 0
-        self._warned_at = -1.0
+        self._warned_at = float("-inf")
         self._unwarned = 0
         self._listener, self._inode = _listen(path, mode, max_clients)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
