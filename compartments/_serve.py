@@ -47,6 +47,8 @@ DEFAULT_CLIENT_MAX_MESSAGE = 1 << 20
 DEFAULT_DRAIN_TIMEOUT = 10.0
 #: How long the parent waits for the compartment to take a client's line.
 ATTACH_TIMEOUT = 10.0
+#: How long a client waits, at ``max_clients``, for the line of one that left to close.
+_ROOM_WAIT = 0.1
 #: Connections taken from the listen queue per wake-up, so hang-ups are seen in between.
 _ACCEPT_BATCH = 64
 _UCRED = struct.Struct("3i")  # pid, uid, gid
@@ -62,22 +64,32 @@ class _Line:
     __slots__ = ("sock", "watch")
 
     def __init__(self, sock: socket.socket, watch: int) -> None:
-        self.sock = sock
+        self.sock: socket.socket | None = sock
         self.watch = watch
 
+    def client_left(self) -> None:
+        """The client hung up: our copy goes, the line counts until the compartment
+        has closed it too (it holds a channel slot until then)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
     def end(self, shut_down: bool = True) -> None:
-        if shut_down:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # the client sees the end of its line
-        self.sock.close()
+        if self.sock is not None:
+            if shut_down:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)  # the client sees its line end
+            self.client_left()
         os.close(self.watch)
 
 
 class Served:
     """A compartment listening on a unix socket; ``close()`` (or ``with``) stops it.
 
-    ``clients`` is how many clients hold a line now, ``served`` how many were handed
-    one in all, ``refused`` how many were turned away (credentials, ``max_clients``).
+    ``clients`` is how many lines are open now (a line counts until the compartment has
+    closed it, so ``max_clients`` bounds the channel slots it holds), ``served`` how many
+    clients were handed one in all, ``refused`` how many were turned away (credentials,
+    ``max_clients``).
     """
 
     def __init__(
@@ -128,25 +140,52 @@ class Served:
             self._teardown()
 
     def _wait_once(self) -> None:
-        poller = select.poll()
+        """Wait for a client, a hang-up, or ``close()``; handle what came."""
+        poller, by_sock = self._line_poller()
         poller.register(self._wake_r, select.POLLIN)
         poller.register(self._listener.fileno(), select.POLLIN)
-        lines = dict(self._lines)
-        by_sock = {line.sock.fileno(): watch for watch, line in lines.items()}
-        for watch, line in lines.items():
-            poller.register(watch, 0)  # hang-ups only: poll reports them unasked
-            poller.register(line.sock.fileno(), 0)
         ready = poller.poll()
-        listening = False
-        for fd, events in ready:  # hang-ups first: their fd numbers are free only after
-            if fd == self._wake_r:
-                return
-            if fd == self._listener.fileno():
-                listening = True
-            elif events & _HANGUP:
-                self._end_line(by_sock.get(fd, fd))
-        if listening:
+        if any(fd == self._wake_r for fd, _ in ready):
+            return
+        self._hangups(ready, by_sock)  # first: their fd numbers are free only after
+        if any(fd == self._listener.fileno() for fd, _ in ready):
             self._accept_some()
+
+    def _line_poller(self) -> tuple[select.poll, dict[int, _Line]]:
+        """A poll of every line's two fds for hang-ups only (poll reports them unasked)."""
+        poller = select.poll()
+        by_sock: dict[int, _Line] = {}
+        for watch, line in self._lines.items():
+            poller.register(watch, 0)
+            if line.sock is not None:
+                by_sock[line.sock.fileno()] = line
+                poller.register(line.sock.fileno(), 0)
+        return poller, by_sock
+
+    def _hangups(self, ready: list[tuple[int, int]], by_sock: dict[int, _Line]) -> None:
+        """End the lines the compartment closed; forget the sockets of clients that left."""
+        for fd, events in ready:
+            if fd in self._lines and events & _HANGUP:
+                self._end_line(fd)  # the compartment closed the line (or exited)
+        for fd, events in ready:
+            left = by_sock.get(fd)
+            if left is not None and events & _HANGUP and left.watch in self._lines:
+                left.client_left()
+
+    def _make_room(self) -> bool:
+        """At ``max_clients``: take the hang-ups that came while a line was being handed
+        over, and give a client that left :data:`_ROOM_WAIT` seconds for the compartment
+        to close its line. False if every line is still in use."""
+        deadline = time.monotonic() + _ROOM_WAIT
+        wait = 0.0
+        while True:
+            poller, by_sock = self._line_poller()
+            self._hangups(poller.poll(int(wait * 1000)), by_sock)
+            if len(self._lines) < self._max_clients:
+                return True
+            wait = min(deadline - time.monotonic(), 0.01)
+            if wait <= 0 or all(line.sock is not None for line in self._lines.values()):
+                return False
 
     def _accept_some(self) -> None:
         for _ in range(_ACCEPT_BATCH):
@@ -171,7 +210,7 @@ class Served:
             if uid not in self._uids and gid not in self._gids:
                 self._refuse(sock, f"uid {uid} (gid {gid}, pid {pid}) is not allowed")
                 return
-            if len(self._lines) >= self._max_clients:
+            if len(self._lines) >= self._max_clients and not self._make_room():
                 self._refuse(sock, f"{self._max_clients} clients are served already")
                 return
             self._attach(sock, f"client pid {pid} uid {uid}")

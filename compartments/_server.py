@@ -39,7 +39,7 @@ Encoder = Callable[[int, Exception | None, Any, str], tuple[FrameBytes, list[int
 PEER_DRAIN_TIMEOUT = 30.0
 #: Requests answered on one peer line before the other lines get a turn.
 PEER_TURN = 16
-_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_POLLIN, _POLLOUT, _POLLHUP = select.POLLIN, select.POLLOUT, select.POLLHUP
 
 
 class _Outbox:
@@ -110,8 +110,9 @@ class Server:
                     if not self._serve_backlog(channel):
                         self._drop(channel)
                 elif events:
-                    if channel is not primary and channel in self._encoders:
-                        self._parent_first()  # a client's read may be a large one
+                    if channel in self._encoders and not events & _POLLHUP:
+                        self._parent_first()  # a client's read may be a large one; a
+                        # hung-up line goes first, though: it frees a slot for `$attach`
                     if not self._serve_one_read(channel, nonblocking=True):
                         if channel is primary:
                             return

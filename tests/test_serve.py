@@ -318,3 +318,14 @@ def test_a_clients_traceback_goes_to_the_parents_logging(
         and "ValueError: bad input" in (r.exc_text or "")
         for r in records
     ), [(r.getMessage(), r.exc_text) for r in records]
+
+
+@pytest.mark.timeout(60)
+def test_clients_one_after_another_each_get_the_one_line(calc: Any, tmp_path: Path) -> None:
+    """With ``max_clients=1``, a client that arrives while the serving thread hands a
+    line over finds the previous client's line freed, not counted against it."""
+    with compartments.serve(calc, tmp_path / "one.sock", max_clients=1) as server:
+        for i in range(300):
+            with Client(server.path) as client:
+                assert client.call("add", i, 0) == i, f"client {i} was refused"
+        assert server.refused == 0
