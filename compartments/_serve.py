@@ -146,6 +146,8 @@ class Served:
         poller.register(self._listener.fileno(), select.POLLIN)
         ready = poller.poll()
         if any(fd == self._wake_r for fd, _ in ready):
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 64)  # a stray byte must not wake us for ever
             return
         self._hangups(ready, by_sock)  # first: their fd numbers are free only after
         if any(fd == self._listener.fileno() for fd, _ in ready):

@@ -329,3 +329,23 @@ def test_clients_one_after_another_each_get_the_one_line(calc: Any, tmp_path: Pa
             with Client(server.path) as client:
                 assert client.call("add", i, 0) == i, f"client {i} was refused"
         assert server.refused == 0
+
+
+def test_a_forked_copy_of_the_parent_leaves_the_serving_alone(
+    served: compartments.Served,
+) -> None:
+    """A prefork server's child that exits (running the atexit hook) neither removes
+    the socket file nor ends a line: it only drops its copies."""
+    from compartments import _serve
+
+    with Client(served.path) as before:
+        assert before.call("add", 1, 1) == 2
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            _serve._close_all()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert before.call("add", 2, 2) == 4
+    assert os.path.exists(served.path)
+    with Client(served.path) as after:
+        assert after.call("add", 3, 3) == 6
