@@ -75,6 +75,7 @@ class Client:
 
 
 def main(argv: list[str]) -> int:
+    assert "compartments" not in sys.modules  # what any other program would have
     with Client(argv[1]) as client:
         for spec in argv[2:]:
             method, params = json.loads(spec)
