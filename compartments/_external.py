@@ -167,8 +167,8 @@ class ExternalEncoder:
 
 def _refuse(value: object) -> NoReturn:
     raise TypeError(
-        f"{a_type(value)} cannot be sent to a served client: {_wire.NATIVE_TYPES_HINT}, "
-        "and no Fd"
+        f"{a_type(value)} cannot be sent to a served client: plain msgpack values only "
+        "(None, bool, int, float, str, bytes, list, tuple, dict), never an Fd"
     )
 
 
