@@ -349,3 +349,14 @@ def test_a_forked_copy_of_the_parent_leaves_the_serving_alone(
     assert os.path.exists(served.path)
     with Client(served.path) as after:
         assert after.call("add", 3, 3) == 6
+
+
+def test_a_result_holding_an_fd_is_a_type_error_for_a_client(
+    served: compartments.Served, calc: Any
+) -> None:
+    with Client(served.path) as client:
+        error, _ = client.request("stdin", [])
+        assert error["type"] == "TypeError" and "never an Fd" in error["message"]
+        assert client.call("add", 1, 1) == 2
+    with calc.stdin() as fd:  # the parent's own line carries it
+        assert fd.fileno() >= 0
