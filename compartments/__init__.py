@@ -22,6 +22,7 @@ from ._proxy import (
     control,
 )
 from ._rules import Arg, RuleSet, SeccompRule
+from ._serve import Served, serve
 from ._violations import Violation
 from ._wire import Fd
 from .errors import (
@@ -68,10 +69,12 @@ __all__ = [
     "SafetyContext",
     "Scope",
     "SeccompRule",
+    "Served",
     "UnknownSyscallError",
     "UnsupportedError",
     "Violation",
     "compartment",
     "control",
     "errors",
+    "serve",
 ]

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from . import (
     _decoder,
+    _external,
     _largebytes,
     _remote_log,
     _roots,
@@ -122,7 +123,7 @@ class _ChannelSlots:
 _slots = _ChannelSlots()
 
 
-def channel_from_fd(fd: Fd, name: str) -> Channel:
+def channel_from_fd(fd: Fd, name: str, kind: type[Channel] = Channel) -> Channel:
     """A channel on ``fd``, moved into the channel block. Only compartments hold channel
     slots, so this also marks the process as one (see ``_fd.closing_in_compartment``)."""
     closing_in_compartment()
@@ -132,7 +133,7 @@ def channel_from_fd(fd: Fd, name: str) -> Channel:
     except BaseException:
         os.close(slot)
         raise
-    return Channel(sock, name=name)
+    return kind(sock, name=name)
 
 
 #: A peer call's timeout when the compartment has no default timeout: a sibling that
@@ -401,15 +402,34 @@ class _Compartment:
         if method == "$start":
             return os.getpid()
         if method == "$attach":
-            fd, peer_name = params
-            if not isinstance(fd, Fd) or not isinstance(peer_name, str):
-                raise TypeError("$attach takes an Fd and a name")
+            fd, peer_name, *served = params
+            if not isinstance(fd, Fd) or not isinstance(peer_name, str) or len(served) > 1:
+                raise TypeError("$attach takes an Fd, a name and, for a served client, options")
             assert self.server is not None
+            if served:
+                self._attach_client(fd, peer_name, served[0])
+                return None
             self.server.add_channel(
                 channel_from_fd(fd, peer_name), peer_name, drain_timeout=_peer_timeout
             )
             return None
         raise AttributeError(f"unknown control method `{method}`")
+
+    def _attach_client(self, fd: Fd, name: str, data: object) -> None:
+        """A client of ``compartments.serve()``: its own line, on its own terms."""
+        assert self.server is not None
+        options = _external.LineOptions(data, self.max_message)
+        channel = channel_from_fd(fd, name, _external.ExternalChannel)
+        assert isinstance(channel, _external.ExternalChannel)
+        channel.sentinel = options.sentinel
+        function = None if self.definition.is_class else getattr(self.target, "__name__", None)
+        decoder = _external.ExternalDecoder(
+            max_message=options.max_message, name=name, function=function
+        )
+        self.server.add_channel(
+            channel, name, drain_timeout=options.drain_timeout, decoder=decoder,
+            encoder=_external.ExternalEncoder(name, options),
+        )  # fmt: skip
 
 
 _STR = frozenset({str})

@@ -10,7 +10,9 @@ blocking: what does not fit waits in that line's outbox, the line's next request
 unread until it has drained (flow control), and a line whose outbox has not drained
 within its deadline is dropped. A peer also gets at most :data:`PEER_TURN` answers in a
 row before the others (the parent last) get theirs. One peer can then never park the
-server, and the parent and the other peers keep being served.
+server, and the parent and the other peers keep being served. Before each answer to a
+peer, a request the parent has waiting is served first, so busy peers (or clients of a
+served compartment, see ``_external``) never queue the parent behind them.
 
 Answers to the parent to requests read together go out together: a reply is held back
 for the next one's only while that next request is already decoded and its method ran
@@ -33,19 +35,21 @@ from typing import Any
 from . import _wire
 from ._channel import Channel, frame_parts
 from ._decoder import FrameDecoder
-from ._wire import Request
+from ._wire import FrameBytes, Request
 from .errors import ProtocolError
 
 __all__ = ["PEER_DRAIN_TIMEOUT", "PEER_TURN", "Server"]
 
 # (method, params, channel it came on) -> result
 Handler = Callable[[str, list[Any], Channel], Any]
+# (msgid, the exception raised or None, result, method) -> the answer's frame and fds
+Encoder = Callable[[int, Exception | None, Any, str], tuple[FrameBytes, list[int]]]
 
 #: How long a peer may leave an answer unread before its line is dropped, by default.
 PEER_DRAIN_TIMEOUT = 30.0
 #: Requests answered on one peer line before the other lines get a turn.
 PEER_TURN = 16
-_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_POLLIN, _POLLOUT, _POLLHUP = select.POLLIN, select.POLLOUT, select.POLLHUP
 #: A method that last ran in less than this many seconds may have the replies before it
 #: held back, to go out in one send with its own.
 QUICK_HANDLER = 100e-6
@@ -82,13 +86,28 @@ class Server:
         self._outboxes: dict[Channel, _Outbox] = {}
         self._backlog: set[Channel] = set()  # peer lines that used up their turn
         self._quick: set[str] = set()  # methods whose last run took under QUICK_HANDLER
+        self._encoders: dict[Channel, Encoder] = {}  # lines not answered the parent's way
+        self._parent_poll = select.poll()
+        self._parent_poll.register(primary.fileno(), _POLLIN)
+        self._parent_gone = False
 
     def add_channel(
-        self, channel: Channel, name: str, *, drain_timeout: float = PEER_DRAIN_TIMEOUT
+        self,
+        channel: Channel,
+        name: str,
+        *,
+        drain_timeout: float = PEER_DRAIN_TIMEOUT,
+        decoder: FrameDecoder | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
-        """Serve a peer too: it may leave an answer unread for ``drain_timeout`` seconds."""
-        self._decoders[channel] = FrameDecoder(max_message=self._max_message, name=name)
+        """Serve a peer too: it may leave an answer unread for ``drain_timeout`` seconds.
+        A served client's line brings its own ``decoder`` and ``encoder`` (``_external``)."""
+        if decoder is None:
+            decoder = FrameDecoder(max_message=self._max_message, name=name)
+        self._decoders[channel] = decoder
         self._drain_timeouts[channel] = drain_timeout
+        if encoder is not None:
+            self._encoders[channel] = encoder
 
     def serve_forever(self) -> None:
         """Return when the primary channel closes."""
@@ -99,6 +118,8 @@ class Server:
                     return
                 continue
             for channel, events in self._wait_for_any():
+                if self._parent_gone:
+                    return
                 if channel not in self._decoders:
                     continue  # dropped while serving another one
                 if channel in self._outboxes:
@@ -107,10 +128,14 @@ class Server:
                 elif channel in self._backlog:
                     if not self._serve_backlog(channel):
                         self._drop(channel)
-                elif events and not self._serve_one_read(channel, nonblocking=True):
-                    if channel is primary:
-                        return
-                    self._drop(channel)
+                elif events:
+                    if channel in self._encoders and not events & _POLLHUP:
+                        self._parent_first()  # a client's read may be a large one; a
+                        # hung-up line goes first, though: it frees a slot for `$attach`
+                    if not self._serve_one_read(channel, nonblocking=True):
+                        if channel is primary:
+                            return
+                        self._drop(channel)
 
     def _wait_for_any(self) -> list[tuple[Channel, int]]:
         """Lines ready to read and lines with an outbox that has room; with no events,
@@ -170,6 +195,7 @@ class Server:
             if channel in outboxes or (message := decoder.next_message()) is None:
                 return
             if type(message) is Request:
+                self._parent_first()
                 self._answer(channel, message)
         if channel not in outboxes:
             self._backlog.add(channel)
@@ -230,14 +256,31 @@ class Server:
             if held:
                 channel.send(b"".join(held))
 
+    def _parent_first(self) -> None:
+        """Serve what the parent has sent, if anything, before a peer's next answer."""
+        if self._parent_gone or not self._parent_poll.poll(0):
+            return
+        if not self._serve_one_read(self.primary, nonblocking=True):
+            self._parent_gone = True  # serve_forever returns at its next step
+
     def _reply(self, channel: Channel, request: Request) -> tuple[Any, _wire.FrameBytes, list[int]]:
-        """The result (which owns any fds until they are sent) and the encoded reply."""
+        """The result (which owns any fds until they are sent) and the encoded reply (empty
+        for a served client's notification)."""
         result: Any = None
+        encoder = self._encoders.get(channel) if self._encoders else None
         try:
             result = self._handler(request.method, request.params, channel)
-            data, fds = _wire.encode_response(request.msgid, None, result, method=request.method)
+            if encoder is None:
+                data, fds = _wire.encode_response(
+                    request.msgid, None, result, method=request.method
+                )
+            else:
+                data, fds = encoder(request.msgid, None, result, request.method)
         except Exception as exc:  # the caller gets it as data; SystemExit ends the process
-            data, fds = _wire.encode_response(request.msgid, _wire.encode_error(exc), None)
+            if encoder is None:
+                data, fds = _wire.encode_response(request.msgid, _wire.encode_error(exc), None)
+            else:
+                data, fds = encoder(request.msgid, exc, None, request.method)
         return result, data, fds
 
     def _answer(self, channel: Channel, request: Request) -> None:
@@ -245,6 +288,8 @@ class Server:
         if channel is self.primary:
             channel.send(data, fds)
             return
+        if not data:
+            return  # a notification: no answer
         parts, unsent_fds = channel.send_nowait(frame_parts(data), fds)
         if parts:
             deadline = time.monotonic() + self._drain_timeouts[channel]
@@ -268,6 +313,7 @@ class Server:
         self._outboxes.pop(channel, None)
         self._backlog.discard(channel)
         self._drain_timeouts.pop(channel, None)
+        self._encoders.pop(channel, None)
         self._decoders.pop(channel).close()
         channel.close()  # frees its slot in the channel block
 

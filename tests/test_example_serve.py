@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,6 +130,48 @@ def test_serve_without_curl_answers_over_plain_sockets(tmp_path: Path) -> None:
         code, _ = served.stop(signal.SIGTERM)
     assert code == 0
 
+
+
+@pytest.mark.timeout(90)
+def test_the_read_api_is_served_to_a_second_process(tmp_path: Path) -> None:
+    from examples.ipc_db_server.client import http_request
+    from examples.ipc_db_server.reader import READ_ONE_LINER
+
+    socket_path = tmp_path / "read.sock"
+    with serving(tmp_path / "data", "--read-socket", str(socket_path)) as served:
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("read API") for line in served.lines):
+            assert time.monotonic() < deadline, "".join(served.lines)
+            time.sleep(0.01)
+        assert f"on {socket_path}\n" in "".join(served.lines)
+        for message in ("first", "second"):
+            status = http_request("127.0.0.1", _port(served), "POST", "/write", message.encode())
+            assert status[0] == 200
+        read = subprocess.run(
+            [sys.executable, "-c", READ_ONE_LINER, str(socket_path)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert read.stdout == "['second', 'first']\n"
+        code, _ = served.stop(signal.SIGTERM)
+    assert code == 0
+    assert not socket_path.exists()
+
+
+def test_a_read_socket_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    taken = tmp_path / "taken.sock"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(taken))
+        other.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "examples.ipc_db_server", "--serve", "--port", "0",
+             "--data-dir", str(tmp_path / "data"), "--read-socket", str(taken)],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"python -m examples.ipc_db_server: cannot serve the read API on {taken}: "
+        "a server is listening there already"
+    ]
 
 
 def _port(served: Served) -> int:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from compartments import Proxy, RuleSet, SafetyContext, control
+from compartments import Proxy, RuleSet, SafetyContext, Served, control, serve
 from compartments._landlock import abi_version
 from compartments.rulesets.runtime import compartment_runtime
 
 from .client import LANDLOCK_NET_ABI, ReadClient, WriteClient, client_rules
 from .database import Database, database_rules_for
+from .reader import READ_ONE_LINER, BoardReader
 from .webserver import WEB_SERVER_RULES, WebServer
 
 __all__ = [
@@ -113,18 +116,29 @@ def stop(proxy: Any) -> None:
 
 
 class Board:
-    """The Database and the WebServer, started and stopped together."""
+    """The Database and the WebServer, started and stopped together; with
+    ``read_socket``, also the BoardReader, served to other processes on that path."""
 
     def __init__(
-        self, data_dir: str, host: str = HOST, port: int = 0, access_log: bool = False
+        self,
+        data_dir: str,
+        host: str = HOST,
+        port: int = 0,
+        access_log: bool = False,
+        read_socket: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.db = start(Database, data_dir)  # returns once SQLite is open and the seal applied
+        self.reader: Proxy | None = None
+        self.read_api: Served | None = None
         try:
             self.web = start(WebServer, self.db, host, port, access_log=access_log)
             self.port: int = self.web.start()
+            if read_socket is not None:
+                self.reader = start(BoardReader, self.db)
+                self.read_api = serve(self.reader, read_socket)
         except BaseException:
-            stop(self.db)
+            self.close()
             raise
         self.host = host
         self.files: dict[str, int] = self.db.held_files()
@@ -152,9 +166,16 @@ class Board:
         ]
 
     def close(self) -> None:
-        """Stop the web server (its HTTP thread ends), then the database (checkpoint)."""
+        """Stop serving the read API, the web server (its HTTP thread ends), then the
+        database (checkpoint)."""
         try:
-            stop(self.web)
+            if self.read_api is not None:
+                self.read_api.close()
+            if self.reader is not None:
+                control(self.reader).close()
+            web = getattr(self, "web", None)
+            if web is not None:
+                stop(web)
         finally:
             stop(self.db)
 
@@ -191,9 +212,11 @@ def run_demo(out: TextIO, data_dir: str | None = None) -> int:
 
     say("A message board in sealed compartments (extrasafe's ipc_server_with_database)")
     with data_directory(data_dir) as directory:
-        board = Board(directory)
+        board = Board(directory, read_socket=os.path.join(directory, "board.sock"))
+        assert board.reader is not None and board.read_api is not None
         db_pid, web_pid = control(board.db).pid, control(board.web).pid
-        pids: list[int | None] = [db_pid, web_pid]
+        reader_pid = control(board.reader).pid
+        pids: list[int | None] = [db_pid, web_pid, reader_pid]
         try:
             policies = {p.name: p for p in board.policies()}
             say(f"\n[Database  pid {db_pid}] opened {os.path.join(directory, 'board.db')}"
@@ -219,6 +242,17 @@ def run_demo(out: TextIO, data_dir: str | None = None) -> int:
                     say(f"[ReadClient  pid {control(reader).pid}] MISMATCH: {exc}")
                     return 1
                 say(f"[ReadClient  pid {control(reader).pid}] GET /read -> {text!r}: as expected")
+            say(f"\n[BoardReader pid {reader_pid}] sealed (nothing but its line to the "
+                f"Database), served to other processes on {board.read_api.path}")
+            read = subprocess.run(
+                [sys.executable, "-c", READ_ONE_LINER, board.read_api.path],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            newest = list(reversed(MESSAGES))
+            if read.returncode != 0 or read.stdout.strip() != repr(newest):
+                say(f"[second process] MISMATCH: {read.stdout.strip()!r} {read.stderr[-300:]}")
+                return 1
+            say(f"[second process] msgpack-RPC latest(10) -> {read.stdout.strip()}: as expected")
         finally:
             board.close()
         gone = all(_exited(pid) for pid in pids)
