@@ -329,11 +329,12 @@ def test_a_thousand_clients_leave_no_fd_or_thread_behind(
     served: compartments.Served, calc: Any
 ) -> None:
     assert calc.add(0, 0) == 0
-    parent_before, child_before = census(), census(compartments.control(calc).pid)
+    child = compartments.control(calc).pid
+    parent_before, child_before = census(), census(child)
     for i in range(1000):
         with Client(served.path) as client:
             assert client.call("add", i, 1) == i + 1
     assert wait_for(lambda: served.clients == 0)
-    assert wait_for(lambda: census(compartments.control(calc).pid) == child_before), (child_before, census(compartments.control(calc).pid))
+    assert wait_for(lambda: census(child) == child_before), (child_before, census(child))
     assert census() == parent_before
     assert served.served == 1000
