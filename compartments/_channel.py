@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +62,10 @@ _MAX_PARTS = 512
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _SO_OOBINLINE = int(socket.SO_OOBINLINE)
+_SO_RCVTIMEO = int(socket.SO_RCVTIMEO)
+# SO_RCVTIMEO of 0 means no timeout at all; a day is as good as for ever, and fits.
+_MIN_RECEIVE_TIMEOUT = 1e-6
+_MAX_RECEIVE_TIMEOUT = 86400.0
 _RECEIVE_FLAGS = _MSG_CMSG_CLOEXEC
 _NONBLOCKING_RECEIVE_FLAGS = _MSG_CMSG_CLOEXEC | _MSG_DONTWAIT
 
@@ -97,6 +102,21 @@ class Channel:
         self._buffers = [memoryview(self._buffer)]
         self._head_buffers = [memoryview(self._buffer)[:HEAD_RECEIVE_SIZE]]
         self._closed = False
+        self._receive_timeout = 0.0  # none: a blocking receive waits for ever
+
+    def set_receive_timeout(self, seconds: float) -> None:
+        """Bound every blocking receive by ``seconds`` (``SO_RCVTIMEO``; the kernel ends it
+        with EAGAIN, which :meth:`receive_into` reads as nothing yet). Set only on change.
+
+        It bounds the blocking receives of readers without a deadline too: they loop."""
+        seconds = min(max(seconds, _MIN_RECEIVE_TIMEOUT), _MAX_RECEIVE_TIMEOUT)
+        if seconds == self._receive_timeout:
+            return
+        whole = int(seconds)
+        self._sock.setsockopt(
+            _SOL_SOCKET, _SO_RCVTIMEO, struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+        )
+        self._receive_timeout = seconds
 
     def fileno(self) -> int:
         return self._sock.fileno()

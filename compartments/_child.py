@@ -166,8 +166,9 @@ class PeerProxy:
         self._name = peer.name
         self._timeout = _peer_timeout if timeout is None else timeout
         self._connection = Connection(
-            channel_from_fd(peer.fd, peer.name), name=peer.name, max_message=max_message
-        )
+            channel_from_fd(peer.fd, peer.name), name=peer.name, max_message=max_message,
+            kernel_timeouts=False,  # sealed: no setsockopt
+        )  # fmt: skip
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):

@@ -82,8 +82,12 @@ class Connection:
         on_notification: NotificationHandler | None = None,
         explain_failure: FailureExplainer | None = None,
         max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+        kernel_timeouts: bool = True,
     ) -> None:
         self.channel = channel
+        #: Time timed calls out with SO_RCVTIMEO rather than a poll per call. Off in a
+        #: sealed compartment (its peer calls), which may not setsockopt.
+        self.kernel_timeouts = kernel_timeouts
         self.name = name
         self.max_message = max_message
         self._decoder = FrameDecoder(max_message=max_message, name=name)
@@ -149,14 +153,30 @@ class Connection:
         self, method: str, params: Sequence[Any], names: Sequence[str] | None, timeout: float | None
     ) -> Any:
         msgid = self._send_request(method, params, names, timeout, None, as_reader=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
         mine: Response | None = None
-        while mine is None:
-            if deadline is not None and not self._readable_before(deadline):
-                with self._lock:
-                    self._abandoned.add(msgid)  # its reply may still come: drop it then
-                raise CallTimeout(self.name, method, timeout or 0.0)
-            mine = self._read_once(msgid, nonblocking=deadline is not None)
+        if timeout is None:
+            while mine is None:
+                mine = self._read_once(msgid)
+        elif not self.kernel_timeouts:
+            deadline = time.monotonic() + timeout
+            while mine is None:
+                if not self._readable_before(deadline):
+                    with self._lock:
+                        self._abandoned.add(msgid)  # its reply may still come: drop it then
+                    raise CallTimeout(self.name, method, timeout)
+                mine = self._read_once(msgid, nonblocking=True)
+        else:
+            # A blocking receive the kernel ends at the deadline (SO_RCVTIMEO, set once per
+            # timeout value): no poll per call. An early end reads nothing and loops.
+            deadline = time.monotonic() + timeout
+            self.channel.set_receive_timeout(timeout)
+            while (mine := self._read_once(msgid)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    with self._lock:
+                        self._abandoned.add(msgid)  # its reply may still come: drop it then
+                    raise CallTimeout(self.name, method, timeout)
+                self.channel.set_receive_timeout(remaining)
         self.responses_seen += 1
         if mine.error is not None:
             raise self._remote_error(mine.error)
