@@ -296,7 +296,7 @@ def test_a_compartment_restarted_after_a_crash_serves_new_clients(tmp_path: Path
 def test_serving_stops_once_its_compartment_is_closed(tmp_path: Path) -> None:
     proxy = Calc()
     server = compartments.serve(proxy, tmp_path / "owner-closed.sock")
-    proxy.close()
+    compartments.control(proxy).close()
     with Client(server.path) as client:
         assert client.ended()
     assert wait_for(lambda: not os.path.exists(server.path))  # it stopped listening
