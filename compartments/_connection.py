@@ -387,12 +387,29 @@ class Connection:
         if not self._claim_reader_if_free():
             return False
         try:
-            self._read_once(nonblocking=True)
+            self._receive(None, nonblocking=True)
+        except (ProtocolError, OSError) as exc:
+            # Explaining a failure waits for the child's exit (a child that closed its
+            # channel and lives gets a second) and asks its zygote: not on an event loop.
+            # That thread keeps the reader's role until every call has its error.
+            threading.Thread(
+                target=self._fail_then_release, args=(exc,), daemon=True,
+                name=f"compartments-fail-{self.name}",
+            ).start()  # fmt: skip
+            return True
         except BaseException:  # recorded: every pending call has its error
             pass
+        try:
+            self._run_eager()
         finally:
             self._release_reader()
         return True
+
+    def _fail_then_release(self, cause: BaseException) -> None:
+        try:
+            self.fail(cause)
+        finally:
+            self._release_reader()
 
     def when_reader_free(self, hook: Callable[[], None]) -> bool:
         """Run ``hook`` when the current reader lets go; False (and no hook) if nobody
@@ -449,24 +466,32 @@ class Connection:
         The reply to msgid ``mine``, a call with no slot, is returned instead. A receive
         after ``poll`` is ``nonblocking``: readable is not a promise that it will not block.
         """
-        decoder = self._decoder
-        found = None
         try:
-            if not self.channel.receive_into(decoder, nonblocking):
-                raise ConnectionResetError(f"`{self.name}` closed its channel")
-            while (message := decoder.next_message()) is not None:
-                if type(message) is Response and message.msgid == mine:
-                    found = message
-                else:
-                    self._dispatch(message)
+            found = self._receive(mine, nonblocking)
         except (ProtocolError, OSError) as exc:
             self._fail(exc)
+        self._run_eager()
+        return found
+
+    def _receive(self, mine: int | None, nonblocking: bool) -> Response | None:
+        """:meth:`_read_once` without failing the connection: its failure is raised."""
+        decoder = self._decoder
+        found = None
+        if not self.channel.receive_into(decoder, nonblocking):
+            raise ConnectionResetError(f"`{self.name}` closed its channel")
+        while (message := decoder.next_message()) is not None:
+            if type(message) is Response and message.msgid == mine:
+                found = message
+            else:
+                self._dispatch(message)
+        return found
+
+    def _run_eager(self) -> None:
         if self._eager:
             with self._lock:
                 eager, self._eager = self._eager, []
             for slot in eager:
                 _run_callback(slot)
-        return found
 
     def _claim_reader_if_free(self) -> bool:
         with self._lock:

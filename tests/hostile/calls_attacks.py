@@ -1,0 +1,72 @@
+"""Compartments that attack the calling side: Futures that settle themselves, and awaits
+that an event loop reads for (issue 14).
+
+Each is sealed with ``SystemIO.nothing()`` (plus sleeping) and writes on its channel (the
+socket at fd 64) what a compromised compartment would: replies for msgids the parent gave
+up on or never sent, half a frame, an urgent byte, or the end of the stream while it
+stays alive.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from typing import Any
+
+import msgpack
+
+from compartments import compartment
+from compartments.rulesets import SystemIO, Threads
+
+CHANNEL_FD = 64  # the parent's channel, first in the compartment's fd block
+SLEEP = Threads.nothing().allow_sleep().yes_really()
+
+
+def hang() -> None:
+    threading.Event().wait()
+
+
+def _send_raw(data: bytes) -> None:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=CHANNEL_FD)
+    try:
+        raw.sendall(data)
+    finally:
+        raw.detach()
+
+
+def _msgid_being_served() -> int:
+    """The msgid of the request this method runs for, from the server's frame."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        for name in ("request", "message"):
+            value = frame.f_locals.get(name)
+            if type(value).__name__ == "Request":
+                return int(value.msgid)
+        frame = frame.f_back
+    raise RuntimeError("no request on the stack")
+
+
+def response(msgid: int, result: Any) -> bytes:
+    return bytes(msgpack.packb([1, msgid, None, result], use_bin_type=True))
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+class Hangup:
+    """Ends the stream to the parent, or part of a frame, and stays alive."""
+
+    def ping(self) -> int:
+        return 1
+
+    def close_channel_and_live(self) -> None:
+        os.close(CHANNEL_FD)
+        hang()
+
+    def hang(self) -> None:
+        hang()
+
+    def half_a_frame_then_close_and_live(self) -> None:
+        _send_raw(response(_msgid_being_served(), "x" * 100)[:20])
+        os.close(CHANNEL_FD)
+        hang()
