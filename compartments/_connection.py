@@ -450,7 +450,29 @@ class Connection:
         if slot.on_timeout is not None:
             with contextlib.suppress(Exception):
                 slot.on_timeout()
-        _run_callback(slot)
+        self._run_ready([slot])
+
+    def _run_ready(self, ready: list[_Slot]) -> None:
+        """Run finished calls' callbacks. A Future's done-callbacks are user code that may
+        block, or wait for a later Future of this compartment: only the settler with no
+        other call due runs them itself. Any other reader (an event loop, a caller with a
+        deadline, the settler with replies still to read or expire) hands them to a
+        thread of their own."""
+        if threading.current_thread() is self._settler and not self._background_due():
+            for slot in ready:
+                _run_callback(slot)
+            return
+        threading.Thread(
+            target=_run_callbacks, args=(ready,), daemon=True,
+            name=f"compartments-callbacks-{self.name}",
+        ).start()  # fmt: skip
+
+    def _background_due(self) -> bool:
+        with self._lock:
+            queue = self._background
+            while queue and queue[0][1].done:
+                queue.popleft()
+            return bool(queue)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -509,8 +531,8 @@ class Connection:
                 return
             ready, self._ready = self._ready, []
             hooks, self._release_hooks = self._release_hooks, []
-        for slot in ready:
-            _run_callback(slot)
+        if ready:
+            self._run_ready(ready)
         for hook in hooks:
             _run_hook(hook)
 
@@ -587,8 +609,8 @@ class Connection:
                 hooks, self._release_hooks = self._release_hooks, []
         self.channel.close()
         self._decoder.close()
-        for slot in ready:
-            _run_callback(slot)
+        if ready:
+            self._run_ready(ready)
         for hook in hooks:
             _run_hook(hook)
         raise failure
@@ -612,6 +634,11 @@ def _run_callback(slot: _Slot) -> None:
         callback(slot)
     except Exception:
         _log.exception("a compartment call's completion callback raised")
+
+
+def _run_callbacks(ready: list[_Slot]) -> None:
+    for slot in ready:
+        _run_callback(slot)
 
 
 def _run_hook(hook: Callable[[], None]) -> None:

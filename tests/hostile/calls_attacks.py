@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 import msgpack
@@ -70,3 +71,16 @@ class Hangup:
         _send_raw(response(_msgid_being_served(), "x" * 100)[:20])
         os.close(CHANNEL_FD)
         hang()
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+def never_answers(value: int) -> int:
+    """Takes every call and answers none."""
+    hang()
+    return value
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

@@ -6,15 +6,17 @@ Future and await settles by its deadline with its own reply, and nothing is left
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from calls_attacks import Hangup
+from calls_attacks import Hangup, nap, never_answers
 
 from compartments import control
-from compartments.errors import CompartmentCrashed
+from compartments.errors import CallTimeout, CompartmentCrashed
 
 T = TypeVar("T")
 
@@ -90,3 +92,82 @@ def test_several_children_hanging_up_at_once_do_not_stall_the_loop() -> None:
     outcomes, stall = _stall_of(lambda h: control(h).aio.close_channel_and_live(), count=3)
     assert all(isinstance(outcome, CompartmentCrashed) for outcome in outcomes)
     assert stall < LOOP_STALL
+
+
+# -- done-callbacks: user code, run by whoever read the reply ------------------------------
+
+
+@pytest.fixture
+def blocking_callback() -> Iterator[Callable[[object], None]]:
+    """A done-callback that blocks until the test ends."""
+    release = threading.Event()
+    yield lambda _: release.wait(30)
+    release.set()
+    control(nap).close()
+
+
+@pytest.mark.timeout(60)
+def test_a_blocking_done_callback_does_not_hold_up_the_next_futures_reply(
+    blocking_callback: Callable[[object], None],
+) -> None:
+    nap(0)
+    first = nap.submit(0.05)
+    first.add_done_callback(blocking_callback)
+    second = nap.submit(0.1)
+    assert second.result(timeout=5) == 0.1
+
+
+@pytest.mark.timeout(60)
+def test_a_blocking_done_callback_does_not_hold_up_the_next_futures_timeout(
+    blocking_callback: Callable[[object], None],
+) -> None:
+    patient = nap.with_timeout(1.0)
+    nap(0)
+    patient.submit(0.05).add_done_callback(blocking_callback)
+    started = time.monotonic()
+    late = patient.submit(10)
+    assert isinstance(late.exception(timeout=10), CallTimeout)
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.timeout(60)
+def test_a_done_callback_may_wait_for_a_later_future_of_the_same_compartment() -> None:
+    """The later Future's reply is read while the callback waits (before: it was not, and
+    the Future was failed as timed out once the callback gave up)."""
+    patient = nap.with_timeout(2.0)
+    nap(0)
+    seen: list[object] = []
+    first = patient.submit(0.05)
+    later = patient.submit(0.1)
+    first.add_done_callback(lambda _: seen.append(later.result(timeout=5)))
+    try:
+        assert later.result(timeout=10) == 0.1
+        concurrent.futures.wait([first], timeout=10)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [0.1]
+    finally:
+        control(nap).close()
+
+
+# -- a compartment that never answers ---------------------------------------------------------
+
+
+def _settlers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("compartments-settle-")]
+
+
+@pytest.mark.timeout(60)
+def test_closing_a_compartment_that_never_answers_fails_its_futures_and_ends_its_settler() -> None:
+    """No timeout, three Futures outstanding: close() is what frees them."""
+    futures = [never_answers.submit(value) for value in range(3)]
+    time.sleep(0.2)  # the settler is blocked reading
+    assert _settlers()
+    control(never_answers).close()
+    for future in futures:
+        assert isinstance(future.exception(timeout=10), CompartmentCrashed)
+    deadline = time.monotonic() + 5
+    while _settlers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _settlers()
