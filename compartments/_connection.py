@@ -185,12 +185,15 @@ class Connection:
         slot: _Slot | None,
         *,
         as_reader: bool = False,
+        on_loop: bool = False,
     ) -> int:
         """Encode and send; ``slot`` (if any) is where the reply will be delivered.
 
         ``as_reader``: this thread holds the reader's role, so while the send waits
         (for room, or for another thread's frame) it must read: the peer may be blocked
-        sending replies, and nobody else will take them.
+        sending replies, and nobody else will take them. ``on_loop``: this thread is an
+        event loop, which must not wait at all; a thread finishes a frame that does not
+        fit now, and a failure reaches the call through its slot.
         """
         msgid = next(self._ids) & _wire.MAX_MSGID
         data, fds = _wire.encode_request(msgid, method, params, names=names)
@@ -207,6 +210,9 @@ class Connection:
                 self._pending[msgid] = slot
             self.calls_started += 1
         deadline = None if timeout is None else time.monotonic() + timeout
+        if on_loop:
+            self._send_from_loop(data, fds, method, timeout, deadline)
+            return msgid
         try:
             if as_reader:
                 self.channel.send(
@@ -221,6 +227,35 @@ class Connection:
         except OSError as exc:
             self._fail(exc)
         return msgid
+
+    def _send_from_loop(
+        self, data: Any, fds: Sequence[int], method: str, timeout: float | None,
+        deadline: float | None,
+    ) -> None:  # fmt: skip
+        try:
+            finish = self.channel.send_or_defer(data, fds)
+        except OSError as exc:  # explaining it waits for the child: not on the loop
+            finish = None
+            self._in_thread(self.fail, exc)
+        if finish is not None:
+            self._in_thread(self._finish_send, finish, method, timeout, deadline)
+
+    def _finish_send(
+        self, finish: Callable[..., None], method: str, timeout: float | None,
+        deadline: float | None,
+    ) -> None:  # fmt: skip
+        """The rest of an event loop's frame, sent (and read for) as any thread would."""
+        try:
+            finish(self._while_send_blocked, deadline)
+        except TimeoutError:  # the call's own timer, on the loop, reports CallTimeout
+            self.fail(ConnectionResetError(f"call `{method}` could not be sent in {timeout:g}s"))
+        except OSError as exc:
+            self.fail(exc)
+
+    def _in_thread(self, target: Callable[..., None], *args: Any) -> None:
+        threading.Thread(
+            target=target, args=args, daemon=True, name=f"compartments-send-{self.name}"
+        ).start()
 
     def wait(
         self,
@@ -376,7 +411,7 @@ class Connection:
         """Send a call whose reply someone else watches for (an event loop reading
         the fd through :meth:`read_if_free`); ``callback`` runs when it is in."""
         slot = _Slot(callback, method, eager=True)
-        return self._send_request(method, params, names, timeout, slot), slot
+        return self._send_request(method, params, names, timeout, slot, on_loop=True), slot
 
     def read_if_free(self) -> bool:
         """Read what has arrived, unless another thread holds the reader's role.

@@ -171,3 +171,68 @@ def test_closing_a_compartment_that_never_answers_fails_its_futures_and_ends_its
     while _settlers() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not _settlers()
+
+
+# -- a compartment that stops reading: sends must not block the loop -------------------------
+
+#: Enough awaits of this size to fill the channel's buffers and the child's own backlog.
+FLOOD_AWAITS = 40
+FLOOD_ARGUMENT = "x" * 50_000
+
+
+def _flood_on_a_loop(fn: Any, close_after: float | None = None) -> tuple[set[type], float]:
+    """FLOOD_AWAITS awaits of ``fn`` on one loop beside a ticker; with ``close_after``, a
+    thread closes the compartment then. The outcomes' types and the longest stall."""
+
+    async def main() -> tuple[list[Any], float]:
+        if close_after is not None:
+            threading.Timer(close_after, control(fn).close).start()
+        return await _longest_stall(
+            asyncio.gather(
+                *(fn.aio(FLOOD_ARGUMENT) for _ in range(FLOOD_AWAITS)), return_exceptions=True
+            )
+        )
+
+    try:
+        outcomes, stall = asyncio.run(main())
+    finally:
+        control(fn).close()
+    return {type(outcome) for outcome in outcomes}, stall
+
+
+@pytest.mark.timeout(60)
+def test_awaits_to_a_compartment_that_stops_reading_do_not_stall_the_loop() -> None:
+    kinds, stall = _flood_on_a_loop(never_answers.with_timeout(2.0))
+    assert kinds <= {CallTimeout, CompartmentCrashed}
+    assert stall < LOOP_STALL
+
+
+@pytest.mark.timeout(60)
+def test_untimed_awaits_to_a_compartment_that_stops_reading_leave_the_loop_running() -> None:
+    """With no timeout, the loop was blocked in send until another thread closed it."""
+    kinds, stall = _flood_on_a_loop(never_answers, close_after=1.0)
+    assert kinds <= {CompartmentCrashed}
+    assert stall < LOOP_STALL
+
+
+@pytest.mark.timeout(60)
+def test_an_await_behind_a_threads_blocked_send_does_not_stall_the_loop() -> None:
+    """A thread's large call is stuck mid-frame (the child stopped reading); an await must
+    wait for its turn to send without holding up the loop."""
+    fn = never_answers.with_timeout(3.0)
+    stuck = threading.Thread(target=fn.submit, args=("y" * 4_000_000,), daemon=True)
+
+    async def main() -> tuple[Any, float]:
+        fn.submit(0)  # the child takes it and reads no more
+        await asyncio.sleep(0.2)
+        stuck.start()
+        await asyncio.sleep(0.3)  # its frame fills the buffers and waits for room
+        return await _longest_stall(fn.aio(1))
+
+    try:
+        outcome, stall = asyncio.run(main())
+    finally:
+        control(never_answers).close()
+        stuck.join(10)
+    assert isinstance(outcome, (CallTimeout, CompartmentCrashed))
+    assert stall < LOOP_STALL
