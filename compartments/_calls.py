@@ -209,8 +209,10 @@ async def call_async(
         if threading.get_ident() == loop_thread:
             deliver(slot)
         else:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+            try:
                 loop.call_soon_threadsafe(deliver, slot)
+            except RuntimeError:  # the loop is closed: nobody awaits, and it watches no more
+                watch.release()
 
     watch.retain()
     try:

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from compartments import compartment
+from compartments._wire import _TRAILING, EXT_TRAILING
 from compartments.rulesets import SystemIO, Threads
 
 CHANNEL_FD = 64  # the parent's channel, first in the compartment's fd block
@@ -84,3 +85,29 @@ def never_answers(value: int) -> int:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def _notification(method: str, params: list[Any]) -> bytes:
+    return bytes(msgpack.packb([2, method, params], use_bin_type=True))
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+class Flooder:
+    """Buries its reply under what the parent must read first."""
+
+    def ping(self) -> int:
+        return 1
+
+    def log_flood(self, megabytes: int) -> int:
+        record = _notification("$log", [40, "flood", "x" * 200, None, None, 0])
+        chunk = record * (2**20 // len(record))
+        for _ in range(megabytes):
+            _send_raw(chunk)
+        return megabytes
+
+    def huge_trailing_header_then_silence(self) -> None:
+        size = 60 * 2**20
+        ext = msgpack.ExtType(EXT_TRAILING, _TRAILING.pack(size))
+        _send_raw(bytes(msgpack.packb([1, _msgid_being_served(), None, ext], use_bin_type=True)))
+        _send_raw(b"y" * 1000)
+        hang()

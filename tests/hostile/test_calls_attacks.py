@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from calls_attacks import Hangup, nap, never_answers
+from calls_attacks import Flooder, Hangup, nap, never_answers
 
 from compartments import control
 from compartments.errors import CallTimeout, CompartmentCrashed
@@ -235,4 +237,99 @@ def test_an_await_behind_a_threads_blocked_send_does_not_stall_the_loop() -> Non
         control(never_answers).close()
         stuck.join(10)
     assert isinstance(outcome, (CallTimeout, CompartmentCrashed))
+    assert stall < LOOP_STALL
+
+
+# -- an await whose loop is gone ------------------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _abandon_a_loop(awaitable: Callable[[], Awaitable[Any]]) -> None:
+    """Start an await on a new loop, then close the loop with the await still pending."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(awaitable())  # type: ignore[arg-type]
+    loop.run_until_complete(asyncio.sleep(0.05))
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    loop.close()
+
+
+def _in_a_thread(action: Callable[[], object]) -> None:
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+
+
+@pytest.mark.timeout(60)
+def test_late_replies_for_awaits_on_closed_loops_leave_no_fd_behind() -> None:
+    """Another thread reads each reply after its loop closed (before: one fd a loop)."""
+    try:
+        nap(0)
+        before = _open_fds()
+        for _ in range(5):
+            _abandon_a_loop(lambda: nap.aio(0.2))
+            _in_a_thread(lambda: nap(0))  # reads the late reply
+        assert _open_fds() <= before
+    finally:
+        control(nap).close()
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_after_an_awaits_loop_closed_leaves_no_fd_behind() -> None:
+    """The await's frame is still being sent when its loop closes; closing the
+    compartment then fails the send in its thread, which releases the loop's watch."""
+    control(never_answers).close()
+    nap(0)  # this module's zygote is up
+    before = _open_fds()  # never_answers is not running: its own fds are not counted
+    never_answers.submit(0).cancel()  # the child takes it and reads no more
+    time.sleep(0.2)
+    for _ in range(3):
+        _abandon_a_loop(lambda: never_answers.aio("z" * 2_000_000))
+    control(never_answers).close()
+    deadline = time.monotonic() + 10
+    while _open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert _open_fds() <= before
+    finally:
+        control(nap).close()
+
+
+# -- what the loop reads: floods and huge announcements ------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_notification_flood_before_a_reply_leaves_the_loop_running() -> None:
+    """30 MiB of log records ahead of the reply: read a receive at a time, between ticks."""
+    with Flooder() as flooder:
+
+        async def main() -> tuple[Any, float]:
+            await control(flooder).aio.ping()
+            return await _longest_stall(control(flooder).aio.log_flood(30))
+
+        outcome, stall = asyncio.run(main())
+    assert outcome == 30
+    assert stall < LOOP_STALL
+
+
+@pytest.mark.timeout(60)
+def test_a_reply_announcing_60_mib_then_silence_times_out_on_time() -> None:
+    with Flooder() as flooder:
+        patient = control(control(flooder).with_timeout(1.0))
+
+        async def main() -> tuple[Any, float]:
+            await patient.aio.ping()
+            started = time.monotonic()
+            outcome, stall = await _longest_stall(patient.aio.huge_trailing_header_then_silence())
+            return (outcome, time.monotonic() - started), stall
+
+        (outcome, took), stall = asyncio.run(main())
+    assert isinstance(outcome, CallTimeout)
+    assert took < 3.0
     assert stall < LOOP_STALL
