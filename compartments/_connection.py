@@ -8,6 +8,7 @@ hand-off, while many threads still pipeline their calls by msgid.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import logging
 import select
@@ -31,6 +32,9 @@ _log = logging.getLogger("compartments")
 _SEND_POLL_SLICE = 0.05
 # The reader waiting for another thread's frame to go out looks at the lock this often.
 _BUSY_POLL_SLICE = 0.005
+# The settler looks this often for a call sent since it began to wait whose timeout ends
+# sooner than the one it waits for: how late such a Future's CallTimeout may be.
+_SETTLE_SLICE = 0.25
 
 
 class _Slot:
@@ -39,7 +43,8 @@ class _Slot:
     a callback may call the same compartment again."""
 
     __slots__ = (
-        "callback", "deadline", "done", "eager", "error", "method", "on_timeout", "value",
+        "callback", "deadline", "done", "eager", "error", "method", "on_timeout", "timeout",
+        "value",
     )  # fmt: skip
 
     def __init__(
@@ -50,6 +55,7 @@ class _Slot:
         on_timeout: Callable[[], None] | None = None,
         *,
         eager: bool = False,
+        timeout: float | None = None,
     ) -> None:
         #: The callback only hands the result on (to an event loop): it may run while
         #: the reader still reads, so an await is not held up by another thread's call.
@@ -60,6 +66,7 @@ class _Slot:
         self.callback = callback
         self.method = method
         self.deadline = deadline
+        self.timeout = timeout
         self.on_timeout = on_timeout
 
 
@@ -104,6 +111,8 @@ class Connection:
         self._release_hooks: list[Callable[[], None]] = []
         # Calls sent by submit(): a settler thread reads for them while nobody else does.
         self._background: deque[tuple[int, _Slot]] = deque()
+        # The same calls' deadlines, soonest first: a later call may have a shorter one.
+        self._deadlines: list[tuple[float, int, _Slot]] = []
         self._settler: threading.Thread | None = None
         # `with self._lock` (C-level) wherever the condition's own lock is all we need;
         # Condition.__enter__/__exit__ are Python frames, and this is the hot path.
@@ -384,12 +393,14 @@ class Connection:
         """Send a call whose reply settles itself: a settler thread reads while no
         caller does, and ``callback`` runs when the reply (or the failure) is in."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        slot = _Slot(callback, method, deadline, on_timeout)
+        slot = _Slot(callback, method, deadline, on_timeout, timeout=timeout)
         msgid = self._send_request(method, params, None, timeout, slot)
         with self._lock:
             if slot.done:
                 return msgid, slot
             self._background.append((msgid, slot))
+            if deadline is not None:
+                heapq.heappush(self._deadlines, (deadline, msgid, slot))
             if self._settler is not None:
                 return msgid, slot
             settler = self._settler = threading.Thread(
@@ -457,7 +468,8 @@ class Connection:
 
     def _settle_background(self) -> None:
         """The settler: wait, as any caller would, for the oldest background call, until
-        none is left. A call that misses its deadline fails with CallTimeout."""
+        none is left, but only until the soonest deadline of them all (a later call may
+        have a shorter timeout): each call that missed its own fails with CallTimeout."""
         while True:
             with self._lock:
                 queue = self._background
@@ -465,16 +477,35 @@ class Connection:
                     queue.popleft()
                 if not queue:
                     self._settler = None
+                    self._deadlines.clear()
                     return
                 msgid, slot = queue[0]
-            remaining = None if slot.deadline is None else slot.deadline - time.monotonic()
+                deadlines = self._deadlines
+                while deadlines and deadlines[0][2].done:
+                    heapq.heappop(deadlines)
+                soonest = deadlines[0][0] if deadlines else None
+            remaining = _SETTLE_SLICE
+            if soonest is not None:
+                remaining = min(max(soonest - time.monotonic(), 0.0), remaining)
             try:
-                self.wait((msgid, slot), slot.method, max(remaining, 0.0) if remaining is not None
-                          else None)  # fmt: skip
-            except CallTimeout as late:
-                self._expire(slot, late)
+                self.wait((msgid, slot), slot.method, remaining, abandon_on_timeout=False)
+            except CallTimeout:
+                self._expire_due()
             except BaseException:  # the slot has its error; its callback reports it
                 pass
+
+    def _expire_due(self) -> None:
+        now = time.monotonic()
+        due: list[_Slot] = []
+        with self._lock:
+            deadlines = self._deadlines
+            while deadlines and (deadlines[0][2].done or deadlines[0][0] <= now):
+                _, msgid, slot = heapq.heappop(deadlines)
+                if self._pending.pop(msgid, None) is not None:
+                    self._abandoned.add(msgid)
+                    due.append(slot)
+        for slot in due:
+            self._expire(slot, CallTimeout(self.name, slot.method, slot.timeout or 0.0))
 
     def _expire(self, slot: _Slot, late: CallTimeout) -> None:
         with self._lock:

@@ -333,3 +333,45 @@ def test_a_reply_announcing_60_mib_then_silence_times_out_on_time() -> None:
     assert isinstance(outcome, CallTimeout)
     assert took < 3.0
     assert stall < LOOP_STALL
+
+
+# -- each Future keeps its own timeout --------------------------------------------------------
+
+
+def _expiry_of(first: Any, second: Any) -> tuple[BaseException | None, float]:
+    """Submit ``first`` then ``second`` to never_answers; how and when ``second`` ends."""
+    try:
+        first.submit(0)
+        started = time.monotonic()
+        late = second.submit(1)
+        error = late.exception(timeout=15)
+        return error, time.monotonic() - started
+    finally:
+        control(never_answers).close()
+
+
+@pytest.mark.timeout(60)
+def test_a_timed_future_behind_an_untimed_one_still_times_out() -> None:
+    """Before: the settler waited for the untimed call alone, and this one never ended."""
+    error, took = _expiry_of(never_answers, never_answers.with_timeout(1.0))
+    assert isinstance(error, CallTimeout)
+    assert took < 4.0
+
+
+@pytest.mark.timeout(60)
+def test_a_short_timeout_behind_a_long_one_ends_at_its_own_deadline() -> None:
+    error, took = _expiry_of(never_answers.with_timeout(20.0), never_answers.with_timeout(1.0))
+    assert isinstance(error, CallTimeout)
+    assert took < 4.0
+
+
+@pytest.mark.timeout(60)
+def test_a_futures_call_timeout_names_the_calls_own_timeout() -> None:
+    """Before: it named what was left of it when the settler began to wait (0.99...s)."""
+    try:
+        error = never_answers.with_timeout(1.0).submit(0).exception(timeout=15)
+    finally:
+        control(never_answers).close()
+    assert isinstance(error, CallTimeout)
+    assert error.timeout == 1.0
+    assert "within 1s" in str(error)
