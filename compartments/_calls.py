@@ -228,7 +228,12 @@ async def call_async(
         if conn.abandon(call):
             watch.release()
             result.set_exception(CallTimeout(supervised.name, method, timeout or 0.0))
-            supervised._kill_stuck(conn, method, timeout)
+            # The kill is at once, but failing the connection waits for the child's exit
+            # (a big address space takes a while to tear down) and asks its zygote.
+            threading.Thread(
+                target=supervised._kill_stuck, args=(conn, method, timeout), daemon=True,
+                name=f"compartments-kill-{supervised.name}",
+            ).start()  # fmt: skip
 
     timer = None if timeout is None else loop.call_later(timeout, expire)
     try:

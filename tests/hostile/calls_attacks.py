@@ -111,3 +111,15 @@ class Flooder:
         _send_raw(bytes(msgpack.packb([1, _msgid_being_served(), None, ext], use_bin_type=True)))
         _send_raw(b"y" * 1000)
         hang()
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+class Hog:
+    """Dies slowly: a big address space takes the kernel a while to tear down."""
+
+    def ping(self) -> int:
+        return 1
+
+    def fill_then_hang(self, megabytes: int) -> None:
+        self.ballast = [b"x" * 2**20 for _ in range(megabytes)]
+        hang()
