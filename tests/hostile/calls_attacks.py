@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from compartments import compartment
+from compartments import RestartPolicy, compartment
 from compartments._wire import _TRAILING, EXT_TRAILING
 from compartments.rulesets import SystemIO, Threads
 
@@ -123,3 +123,16 @@ class Hog:
     def fill_then_hang(self, megabytes: int) -> None:
         self.ballast = [b"x" * 2**20 for _ in range(megabytes)]
         hang()
+
+
+@compartment(
+    rules=[SystemIO.nothing(), SLEEP],
+    restart=RestartPolicy(max_restarts=10_000, backoff=0.0),
+    timeout=10.0,
+)
+def crashes_on_multiples_of_seven(value: int) -> int:
+    """Answers its argument, except that it dies on every multiple of seven."""
+    if value % 7 == 0:
+        os._exit(9)
+    time.sleep(0.001)
+    return value

@@ -15,7 +15,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from calls_attacks import Flooder, Hangup, Hog, nap, never_answers
+from calls_attacks import (
+    Flooder,
+    Hangup,
+    Hog,
+    crashes_on_multiples_of_seven,
+    nap,
+    never_answers,
+)
 
 from compartments import control
 from compartments.errors import CallTimeout, CompartmentCrashed
@@ -415,3 +422,59 @@ def test_killing_several_big_children_after_their_timeouts_does_not_stall_the_lo
     outcomes, stall = _stall_killing_hogs(3, 768)
     assert all(isinstance(outcome, CallTimeout) for outcome in outcomes)
     assert stall < 0.2
+
+
+# -- many loops and threads on one crashing compartment -------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_loops_and_threads_on_a_crashing_compartment_each_get_their_own_replies() -> None:
+    """Three event loops and a thread of Futures share a compartment that dies on every
+    seventh value and is restarted: each call ends with its own value or a crash, no
+    call hangs, and nothing is left open."""
+    crashes_on_multiples_of_seven(1)
+    before = _open_fds()
+    outcomes: list[tuple[int, object]] = []
+    lock = threading.Lock()
+
+    def record(value: int, outcome: object) -> None:
+        with lock:
+            outcomes.append((value, outcome))
+
+    def loop_of_awaits(start: int) -> None:
+        async def one(value: int) -> None:
+            try:
+                record(value, await crashes_on_multiples_of_seven.aio(value))
+            except Exception as exc:
+                record(value, exc)
+
+        async def main() -> None:
+            await asyncio.gather(*(one(value) for value in range(start, start + 40)))
+
+        asyncio.run(main())
+
+    def futures(start: int) -> None:
+        submitted = [(v, crashes_on_multiples_of_seven.submit(v)) for v in range(start, start + 40)]
+        for value, future in submitted:
+            error = future.exception(timeout=60)
+            record(value, error if error is not None else future.result())
+
+    workers = [threading.Thread(target=loop_of_awaits, args=(1000 * i,)) for i in (1, 2, 3)]
+    workers.append(threading.Thread(target=futures, args=(4000,)))
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(90)
+    try:
+        assert not any(worker.is_alive() for worker in workers)
+        assert len(outcomes) == 160
+        for value, outcome in outcomes:
+            assert outcome == value or isinstance(outcome, CompartmentCrashed), (value, outcome)
+        assert any(outcome == value for value, outcome in outcomes)
+    finally:
+        control(crashes_on_multiples_of_seven).close()
+    crashes_on_multiples_of_seven(1)
+    try:
+        assert _open_fds() <= before + 2
+    finally:
+        control(crashes_on_multiples_of_seven).close()
