@@ -148,12 +148,32 @@ _starting_lock = threading.Lock()
 
 def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[Connection]:
     """The compartment's connection, from one thread that starts the child however many
-    awaits ask for it at once."""
+    awaits ask for it at once. Each gets a Future of its own: cancelling one await
+    (which cancels the Future it awaits) must not cancel the start for the others."""
+    mine: concurrent.futures.Future[Connection] = concurrent.futures.Future()
+
+    def copy(started: concurrent.futures.Future[Connection]) -> None:
+        if not mine.set_running_or_notify_cancel():
+            return  # its await was cancelled
+        error = started.exception()
+        if error is None:
+            mine.set_result(started.result())
+        else:
+            mine.set_exception(error)
+
     with _starting_lock:
-        future = _starting.get(supervised)
-        if future is not None:
-            return future
-        future = _starting[supervised] = concurrent.futures.Future()
+        shared = _starting.get(supervised)
+        starting = shared is None
+        if shared is None:
+            shared = _starting[supervised] = concurrent.futures.Future()
+    shared.add_done_callback(copy)
+    if starting:
+        _start_in_thread(supervised, shared)
+    return mine
+
+
+def _start_in_thread(supervised: Supervised, future: concurrent.futures.Future[Connection]) -> None:
+    """Start the child off the loop (a first spawn or a restart blocks)."""
 
     def start() -> None:
         try:
@@ -167,7 +187,6 @@ def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[Connec
                 _starting.pop(supervised, None)
 
     threading.Thread(target=start, name=f"compartments-start-{supervised.name}").start()
-    return future
 
 
 def _watch(conn: Connection, loop: asyncio.AbstractEventLoop) -> _Watch:

@@ -478,3 +478,83 @@ def test_loops_and_threads_on_a_crashing_compartment_each_get_their_own_replies(
         assert _open_fds() <= before + 2
     finally:
         control(crashes_on_multiples_of_seven).close()
+
+
+# -- an await cancelled at every point -------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_awaits_cancelled_at_every_point_leave_the_next_await_its_own_reply() -> None:
+    """Cancelled while the child starts, before, during and after its 20 ms call: the
+    await after each one gets its own value, never a late one."""
+
+    async def main() -> list[tuple[int, object]]:
+        seen = []
+        for step in range(40):
+            if step % 10 == 0:
+                control(nap).close()  # the next await is cancelled while the child starts
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(nap.aio(0.02), timeout=step * 0.001)
+            seen.append((step, await nap.aio(step / 1000)))
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+    finally:
+        control(nap).close()
+    assert seen == [(step, step / 1000) for step in range(40)]
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_one_await_while_the_child_starts_leaves_the_others_waiting() -> None:
+    """Both awaits wait for the same start; before, cancelling one cancelled the start
+    for both, and the other, never cancelled, raised CancelledError."""
+    control(nap).close()
+
+    async def main() -> float:
+        cancelled = asyncio.ensure_future(nap.aio(0.01))
+        other = asyncio.ensure_future(nap.aio(0.02))
+        await asyncio.sleep(0.001)  # both wait for the child to start
+        cancelled.cancel()
+        return await other
+
+    try:
+        assert asyncio.run(main()) == 0.02
+    finally:
+        control(nap).close()
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_an_await_on_one_loop_while_the_child_starts_spares_another_loop() -> None:
+    control(nap).close()
+    waiting = threading.Event()
+    outcome: list[object] = []
+
+    def other_loop() -> None:
+        async def main() -> None:
+            call = asyncio.ensure_future(nap.aio(0.02))
+            await asyncio.sleep(0.001)
+            waiting.set()
+            try:
+                outcome.append(await call)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        asyncio.run(main())
+
+    async def cancelling() -> None:
+        call = asyncio.ensure_future(nap.aio(0.01))
+        await asyncio.sleep(0)
+        waiting.wait(10)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+    thread = threading.Thread(target=other_loop)
+    thread.start()
+    try:
+        asyncio.run(cancelling())
+        thread.join(30)
+        assert outcome == [0.02]
+    finally:
+        control(nap).close()
