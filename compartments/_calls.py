@@ -246,13 +246,24 @@ async def call_async(
     def expire() -> None:
         if conn.abandon(call):
             watch.release()
-            result.set_exception(CallTimeout(supervised.name, method, timeout or 0.0))
             # The kill is at once, but failing the connection waits for the child's exit
-            # (a big address space takes a while to tear down) and asks its zygote.
+            # (a big address space takes a while to tear down) and asks its zygote: in a
+            # thread. The await resumes once it is done, so its next call finds the
+            # connection failed and starts a new child.
             threading.Thread(
-                target=supervised._kill_stuck, args=(conn, method, timeout), daemon=True,
-                name=f"compartments-kill-{supervised.name}",
-            ).start()  # fmt: skip
+                target=kill_then_report, daemon=True, name=f"compartments-kill-{supervised.name}"
+            ).start()
+
+    def kill_then_report() -> None:
+        try:
+            supervised._kill_stuck(conn, method, timeout)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+                loop.call_soon_threadsafe(timed_out)
+
+    def timed_out() -> None:
+        if not result.done():
+            result.set_exception(CallTimeout(supervised.name, method, timeout or 0.0))
 
     timer = None if timeout is None else loop.call_later(timeout, expire)
     try:
