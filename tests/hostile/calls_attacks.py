@@ -124,6 +124,20 @@ class Hog:
         self.ballast = [b"x" * 2**20 for _ in range(megabytes)]
         hang()
 
+    def fill_then_answer_a_msgid_never_sent(self, megabytes: int) -> None:
+        self.ballast = [b"x" * 2**20 for _ in range(megabytes)]
+        _send_raw(response(2**32 - 1, "forged"))
+        hang()
+
+    def fill_then_send_an_urgent_byte(self, megabytes: int) -> None:
+        self.ballast = [b"x" * 2**20 for _ in range(megabytes)]
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=CHANNEL_FD)
+        try:
+            raw.send(b"!", socket.MSG_OOB)
+        finally:
+            raw.detach()
+        hang()
+
 
 @compartment(
     rules=[SystemIO.nothing(), SLEEP],

@@ -25,7 +25,7 @@ from calls_attacks import (
 )
 
 from compartments import control
-from compartments.errors import CallTimeout, CompartmentCrashed
+from compartments.errors import CallTimeout, CompartmentCrashed, ProtocolError
 
 T = TypeVar("T")
 
@@ -382,6 +382,35 @@ def test_a_futures_call_timeout_names_the_calls_own_timeout() -> None:
     assert isinstance(error, CallTimeout)
     assert error.timeout == 1.0
     assert "within 1s" in str(error)
+
+
+# -- a big child that breaks the protocol, read by the loop ----------------------------------
+
+
+def _stall_of_hog(method: str, megabytes: int = 2048) -> tuple[Any, float]:
+    with Hog() as hog:
+        patient = control(control(hog).with_timeout(20.0))
+
+        async def main() -> tuple[Any, float]:
+            await patient.aio.ping()
+            return await _longest_stall(getattr(patient.aio, method)(megabytes))
+
+        return asyncio.run(main())
+
+
+@pytest.mark.timeout(90)
+def test_a_big_child_answering_a_msgid_never_sent_does_not_stall_the_loop() -> None:
+    """The protocol error kills it, and the kernel takes a while to tear 2 GiB down."""
+    outcome, stall = _stall_of_hog("fill_then_answer_a_msgid_never_sent")
+    assert isinstance(outcome, ProtocolError)
+    assert stall < 0.2
+
+
+@pytest.mark.timeout(90)
+def test_a_big_child_sending_an_urgent_byte_does_not_stall_the_loop() -> None:
+    outcome, stall = _stall_of_hog("fill_then_send_an_urgent_byte")
+    assert isinstance(outcome, ProtocolError)
+    assert stall < 0.2
 
 
 # -- a timeout's kill, seen from the loop ------------------------------------------------------
