@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -179,9 +180,13 @@ class Channel:
             raise ValueError(f"at most {MAX_FDS_PER_FRAME} fds per frame, got {len(fds)}")
         lock = self._send_lock
         if not lock.acquire(False):  # another thread's frame is going out
+            own = _dup_all(fds)
 
             def send_all(when_full: WhenFull, deadline: float | None) -> None:
-                self.send(data, fds, when_full=when_full, deadline=deadline)
+                try:
+                    self.send(data, own, when_full=when_full, deadline=deadline)
+                finally:
+                    _close_quietly(own, received=False)
 
             return send_all
         handed_on = False
@@ -199,13 +204,15 @@ class Channel:
                 parts = _unsent(parts, sent)
             if not parts:
                 return None
-            rest, rest_fds = parts, fds
+            # The caller may close its fds once we return: the rest goes with our own.
+            rest, rest_fds = parts, _dup_all(fds)
 
             def finish(when_full: WhenFull, deadline: float | None) -> None:
                 try:
                     self._send_parts(rest, rest_fds, _MSG_DONTWAIT, when_full, deadline)
                 finally:
                     lock.release()
+                    _close_quietly(rest_fds, received=False)
 
             handed_on = True
             return finish
@@ -412,7 +419,22 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _close_quietly(fds: Sequence[int]) -> None:
+def _close_quietly(fds: Sequence[int], *, received: bool = True) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
-            close_received(fd)
+            if received:
+                close_received(fd)
+            else:
+                os.close(fd)
+
+
+def _dup_all(fds: Sequence[int]) -> list[int]:
+    """Our own copies of a frame's fds, for a thread that sends them later."""
+    own: list[int] = []
+    try:
+        for fd in fds:
+            own.append(os.dup(fd))
+    except BaseException:
+        _close_quietly(own, received=False)
+        raise
+    return own

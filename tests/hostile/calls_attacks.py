@@ -150,3 +150,27 @@ def crashes_on_multiples_of_seven(value: int) -> int:
         os._exit(9)
     time.sleep(0.001)
     return value
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+class Busy:
+    """A peer that takes a call and never finishes it: it answers nothing after."""
+
+    def ping(self) -> int:
+        return 1
+
+    def hang(self) -> None:
+        hang()
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP])
+def takes_a_peer(peer: Any) -> int:
+    """Receives a direct line to another compartment (and leaves it unused)."""
+    return 1
+
+
+@compartment(rules=[SystemIO.nothing(), SLEEP], timeout=30.0)
+def nap_then_measure(seconds: float, payload: Any) -> int:
+    """Reads nothing for ``seconds``, then answers how big its argument was."""
+    time.sleep(seconds)
+    return len(payload)

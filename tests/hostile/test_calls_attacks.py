@@ -21,6 +21,7 @@ from calls_attacks import (
     Hog,
     crashes_on_multiples_of_seven,
     nap,
+    nap_then_measure,
     never_answers,
 )
 
@@ -587,3 +588,27 @@ def test_cancelling_an_await_on_one_loop_while_the_child_starts_spares_another_l
         assert outcome == [0.02]
     finally:
         control(nap).close()
+
+
+# -- a deferred frame keeps its fds ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_an_awaits_memfd_argument_survives_a_send_finished_by_a_thread() -> None:
+    """The child reads nothing for a second, so the channel fills; the await's 5 MiB
+    argument travels as a memfd, which the caller closes as soon as the frame is handed
+    to the sending thread: the thread must send a descriptor of its own."""
+    big = b"y" * (5 << 20)
+
+    async def main() -> list[int]:
+        first = asyncio.ensure_future(nap_then_measure.aio(1.0, b""))
+        await asyncio.sleep(0.2)  # the child is asleep
+        filler = asyncio.ensure_future(nap_then_measure.aio(0.0, "x" * (3 << 20)))
+        await asyncio.sleep(0)
+        return list(await asyncio.gather(first, filler, nap_then_measure.aio(0.0, big)))
+
+    try:
+        nap_then_measure(0.0, b"")
+        assert asyncio.run(main()) == [0, 3 << 20, 5 << 20]
+    finally:
+        control(nap_then_measure).close()
