@@ -11,12 +11,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from ._connection import Connection, _Slot
-from ._supervised import Supervised
+from ._supervised import Remote, Supervised, _broker_peers
 from .errors import CallTimeout, CompartmentClosed
 
 __all__ = ["call_async", "submit"]
@@ -211,6 +212,72 @@ async def call_async(
     else:  # a first spawn or a restart blocks: not on the loop
         conn = await asyncio.wrap_future(_connection_soon(supervised))
     timeout = _timeout_for(supervised, timeout)
+    brokered: list[socket.socket] = []
+    if any(isinstance(value, Remote) for value in (*args, *kwargs.values())):
+        args, kwargs, brokered = await _broker_off_loop(loop, supervised, args, kwargs, timeout)
+    try:
+        return await _call_watched(loop, supervised, conn, method, args, kwargs, timeout, brokered)
+    finally:
+        _close_all(brokered)
+
+
+Brokered = tuple[list[Any], dict[str, Any], list[socket.socket]]
+
+
+async def _broker_off_loop(
+    loop: asyncio.AbstractEventLoop,
+    supervised: Supervised,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Brokered:
+    """Direct lines for the compartment arguments. Each asks that compartment to take
+    its end, a call that may start its child and wait up to the timeout (30 s without
+    one) for a busy peer: in a thread, never on the loop."""
+    done: asyncio.Future[Brokered] = loop.create_future()
+
+    def hand_over(outcome: Brokered | None, error: BaseException | None) -> None:
+        if done.cancelled():  # nobody will send them
+            _close_all(outcome[2] if outcome is not None else [])
+        elif outcome is not None:
+            done.set_result(outcome)
+        else:
+            done.set_exception(error or CompartmentClosed(supervised.name))
+
+    def broker() -> None:
+        outcome: Brokered | None = None
+        error: BaseException | None = None
+        try:
+            outcome = _broker_peers(supervised.name, args, kwargs, timeout)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(hand_over, outcome, error)
+        except RuntimeError:  # the loop is closed
+            _close_all(outcome[2] if outcome is not None else [])
+
+    threading.Thread(
+        target=broker, daemon=True, name=f"compartments-broker-{supervised.name}"
+    ).start()
+    return await done
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+async def _call_watched(
+    loop: asyncio.AbstractEventLoop,
+    supervised: Supervised,
+    conn: Connection,
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    brokered: list[socket.socket],
+) -> Any:
+    """Send on the loop (never waiting) and await the reply the loop's watch reads."""
     result: asyncio.Future[Any] = loop.create_future()
     loop_thread = threading.get_ident()
     watch = _watch(conn, loop)
@@ -242,6 +309,9 @@ async def call_async(
     except BaseException:
         watch.release()
         raise
+    finally:
+        _close_all(brokered)  # sent: the compartment has its own ends now
+        brokered.clear()
 
     def expire() -> None:
         if conn.abandon(call):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from calls_attacks import (
+    Busy,
     Flooder,
     Hangup,
     Hog,
@@ -23,6 +24,7 @@ from calls_attacks import (
     nap,
     nap_then_measure,
     never_answers,
+    takes_a_peer,
 )
 
 from compartments import control
@@ -612,3 +614,59 @@ def test_an_awaits_memfd_argument_survives_a_send_finished_by_a_thread() -> None
         assert asyncio.run(main()) == [0, 3 << 20, 5 << 20]
     finally:
         control(nap_then_measure).close()
+
+
+# -- a compartment argument whose compartment is busy -----------------------------------------
+
+
+def _stall_passing_a_busy_peer(timeout: float | None, give_up: float) -> tuple[Any, float]:
+    """Await ``takes_a_peer(busy)`` while ``busy`` is stuck in a call of its own (it will
+    not take its end of the line), giving up after ``give_up`` seconds."""
+    with Busy() as busy:
+
+        def hang() -> None:
+            with contextlib.suppress(Exception):  # ends when busy is closed
+                busy.hang()
+
+        stuck = threading.Thread(target=hang)
+        try:
+
+            async def main() -> tuple[Any, float]:
+                await takes_a_peer.aio(0)
+                stuck.start()
+                await asyncio.sleep(0.2)  # busy is in its call
+                call = takes_a_peer.with_timeout(timeout).aio(busy)
+                return await _longest_stall(asyncio.wait_for(call, give_up))
+
+            return asyncio.run(main())
+        finally:
+            control(busy).close()
+            stuck.join(10)
+            control(takes_a_peer).close()
+
+
+@pytest.mark.timeout(60)
+def test_an_await_passing_a_busy_compartment_does_not_stall_the_loop() -> None:
+    """Brokering its line asks the busy one to take its end, up to the call's timeout:
+    the loop waited all of it (2.0 s for a 2 s timeout)."""
+    outcome, stall = _stall_passing_a_busy_peer(2.0, give_up=10.0)
+    assert isinstance(outcome, CallTimeout)
+    assert stall < LOOP_STALL
+
+
+@pytest.mark.timeout(60)
+def test_an_untimed_await_passing_a_busy_compartment_can_be_given_up() -> None:
+    """Without a timeout the brokering waits 30 s: wait_for must still end it at 1 s
+    (it could not fire while the loop was held)."""
+    outcome, stall = _stall_passing_a_busy_peer(None, give_up=1.0)
+    assert isinstance(outcome, asyncio.TimeoutError)
+    assert stall < LOOP_STALL
+
+
+@pytest.mark.timeout(60)
+def test_an_await_passing_an_idle_compartment_gets_its_line_and_reply() -> None:
+    with Busy() as peer:
+        try:
+            assert asyncio.run(takes_a_peer.aio(peer)) == 1
+        finally:
+            control(takes_a_peer).close()
