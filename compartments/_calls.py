@@ -11,12 +11,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from ._connection import Connection, _Slot
-from ._supervised import Supervised
+from ._supervised import Remote, Supervised, _broker_peers
 from .errors import CallTimeout, CompartmentClosed
 
 __all__ = ["call_async", "submit"]
@@ -148,12 +149,32 @@ _starting_lock = threading.Lock()
 
 def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[Connection]:
     """The compartment's connection, from one thread that starts the child however many
-    awaits ask for it at once."""
+    awaits ask for it at once. Each gets a Future of its own: cancelling one await
+    (which cancels the Future it awaits) must not cancel the start for the others."""
+    mine: concurrent.futures.Future[Connection] = concurrent.futures.Future()
+
+    def copy(started: concurrent.futures.Future[Connection]) -> None:
+        if not mine.set_running_or_notify_cancel():
+            return  # its await was cancelled
+        error = started.exception()
+        if error is None:
+            mine.set_result(started.result())
+        else:
+            mine.set_exception(error)
+
     with _starting_lock:
-        future = _starting.get(supervised)
-        if future is not None:
-            return future
-        future = _starting[supervised] = concurrent.futures.Future()
+        shared = _starting.get(supervised)
+        starting = shared is None
+        if shared is None:
+            shared = _starting[supervised] = concurrent.futures.Future()
+    shared.add_done_callback(copy)
+    if starting:
+        _start_in_thread(supervised, shared)
+    return mine
+
+
+def _start_in_thread(supervised: Supervised, future: concurrent.futures.Future[Connection]) -> None:
+    """Start the child off the loop (a first spawn or a restart blocks)."""
 
     def start() -> None:
         try:
@@ -167,7 +188,6 @@ def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[Connec
                 _starting.pop(supervised, None)
 
     threading.Thread(target=start, name=f"compartments-start-{supervised.name}").start()
-    return future
 
 
 def _watch(conn: Connection, loop: asyncio.AbstractEventLoop) -> _Watch:
@@ -192,6 +212,72 @@ async def call_async(
     else:  # a first spawn or a restart blocks: not on the loop
         conn = await asyncio.wrap_future(_connection_soon(supervised))
     timeout = _timeout_for(supervised, timeout)
+    brokered: list[socket.socket] = []
+    if any(isinstance(value, Remote) for value in (*args, *kwargs.values())):
+        args, kwargs, brokered = await _broker_off_loop(loop, supervised, args, kwargs, timeout)
+    try:
+        return await _call_watched(loop, supervised, conn, method, args, kwargs, timeout, brokered)
+    finally:
+        _close_all(brokered)
+
+
+Brokered = tuple[list[Any], dict[str, Any], list[socket.socket]]
+
+
+async def _broker_off_loop(
+    loop: asyncio.AbstractEventLoop,
+    supervised: Supervised,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Brokered:
+    """Direct lines for the compartment arguments. Each asks that compartment to take
+    its end, a call that may start its child and wait up to the timeout (30 s without
+    one) for a busy peer: in a thread, never on the loop."""
+    done: asyncio.Future[Brokered] = loop.create_future()
+
+    def hand_over(outcome: Brokered | None, error: BaseException | None) -> None:
+        if done.cancelled():  # nobody will send them
+            _close_all(outcome[2] if outcome is not None else [])
+        elif outcome is not None:
+            done.set_result(outcome)
+        else:
+            done.set_exception(error or CompartmentClosed(supervised.name))
+
+    def broker() -> None:
+        outcome: Brokered | None = None
+        error: BaseException | None = None
+        try:
+            outcome = _broker_peers(supervised.name, args, kwargs, timeout)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(hand_over, outcome, error)
+        except RuntimeError:  # the loop is closed
+            _close_all(outcome[2] if outcome is not None else [])
+
+    threading.Thread(
+        target=broker, daemon=True, name=f"compartments-broker-{supervised.name}"
+    ).start()
+    return await done
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+async def _call_watched(
+    loop: asyncio.AbstractEventLoop,
+    supervised: Supervised,
+    conn: Connection,
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    brokered: list[socket.socket],
+) -> Any:
+    """Send on the loop (never waiting) and await the reply the loop's watch reads."""
     result: asyncio.Future[Any] = loop.create_future()
     loop_thread = threading.get_ident()
     watch = _watch(conn, loop)
@@ -209,8 +295,10 @@ async def call_async(
         if threading.get_ident() == loop_thread:
             deliver(slot)
         else:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+            try:
                 loop.call_soon_threadsafe(deliver, slot)
+            except RuntimeError:  # the loop is closed: nobody awaits, and it watches no more
+                watch.release()
 
     watch.retain()
     try:
@@ -221,12 +309,31 @@ async def call_async(
     except BaseException:
         watch.release()
         raise
+    finally:
+        _close_all(brokered)  # sent: the compartment has its own ends now
+        brokered.clear()
 
     def expire() -> None:
         if conn.abandon(call):
             watch.release()
-            result.set_exception(CallTimeout(supervised.name, method, timeout or 0.0))
+            # The kill is at once, but failing the connection waits for the child's exit
+            # (a big address space takes a while to tear down) and asks its zygote: in a
+            # thread. The await resumes once it is done, so its next call finds the
+            # connection failed and starts a new child.
+            threading.Thread(
+                target=kill_then_report, daemon=True, name=f"compartments-kill-{supervised.name}"
+            ).start()
+
+    def kill_then_report() -> None:
+        try:
             supervised._kill_stuck(conn, method, timeout)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+                loop.call_soon_threadsafe(timed_out)
+
+    def timed_out() -> None:
+        if not result.done():
+            result.set_exception(CallTimeout(supervised.name, method, timeout or 0.0))
 
     timer = None if timeout is None else loop.call_later(timeout, expire)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import os
 import socket
 import struct
 import threading
@@ -185,6 +186,60 @@ class Channel:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"`{self.name}`: another thread's frame is still being sent")
             while_busy(deadline)
+
+    def send_or_defer(
+        self, data: FrameBytes | bytearray | memoryview, fds: Sequence[int] = ()
+    ) -> Callable[[WhenFull, float | None], None] | None:
+        """Send one whole frame if the peer has room for it now, never blocking: for an
+        event loop, which must not wait for a peer that stopped reading.
+
+        None once it is all out. Otherwise a function ``finish(when_full, deadline)``
+        that sends the rest as :meth:`send` would, for another thread to call (it must be
+        called): until it returns, no other frame can start inside this one.
+        """
+        if fds and len(fds) > MAX_FDS_PER_FRAME:
+            raise ValueError(f"at most {MAX_FDS_PER_FRAME} fds per frame, got {len(fds)}")
+        lock = self._send_lock
+        if not lock.acquire(False):  # another thread's frame is going out
+            own = _dup_all(fds)
+
+            def send_all(when_full: WhenFull, deadline: float | None) -> None:
+                try:
+                    self.send(data, own, when_full=when_full, deadline=deadline)
+                finally:
+                    _close_quietly(own, received=False)
+
+            return send_all
+        handed_on = False
+        try:
+            parts = frame_parts(data)
+            if fds and not parts[0]:
+                raise ValueError("fds need at least one byte of frame to travel with")
+            ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
+            while parts:
+                try:
+                    sent = self._sock.sendmsg(parts[:_MAX_PARTS], ancillary, _MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                ancillary, fds = [], ()  # the fds went with the first bytes
+                parts = _unsent(parts, sent)
+            if not parts:
+                return None
+            # The caller may close its fds once we return: the rest goes with our own.
+            rest, rest_fds = parts, _dup_all(fds)
+
+            def finish(when_full: WhenFull, deadline: float | None) -> None:
+                try:
+                    self._send_parts(rest, rest_fds, _MSG_DONTWAIT, when_full, deadline)
+                finally:
+                    lock.release()
+                    _close_quietly(rest_fds, received=False)
+
+            handed_on = True
+            return finish
+        finally:
+            if not handed_on:
+                lock.release()
 
     def send_nowait(
         self, parts: list[memoryview], fds: Sequence[int] = ()
@@ -385,7 +440,22 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _close_quietly(fds: Sequence[int]) -> None:
+def _close_quietly(fds: Sequence[int], *, received: bool = True) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
-            close_received(fd)
+            if received:
+                close_received(fd)
+            else:
+                os.close(fd)
+
+
+def _dup_all(fds: Sequence[int]) -> list[int]:
+    """Our own copies of a frame's fds, for a thread that sends them later."""
+    own: list[int] = []
+    try:
+        for fd in fds:
+            own.append(os.dup(fd))
+    except BaseException:
+        _close_quietly(own, received=False)
+        raise
+    return own

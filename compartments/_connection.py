@@ -8,6 +8,7 @@ hand-off, while many threads still pipeline their calls by msgid.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import logging
 import select
@@ -31,6 +32,9 @@ _log = logging.getLogger("compartments")
 _SEND_POLL_SLICE = 0.05
 # The reader waiting for another thread's frame to go out looks at the lock this often.
 _BUSY_POLL_SLICE = 0.005
+# The settler looks this often for a call sent since it began to wait whose timeout ends
+# sooner than the one it waits for: how late such a Future's CallTimeout may be.
+_SETTLE_SLICE = 0.25
 
 
 class _Slot:
@@ -39,7 +43,8 @@ class _Slot:
     a callback may call the same compartment again."""
 
     __slots__ = (
-        "callback", "deadline", "done", "eager", "error", "method", "on_timeout", "value",
+        "callback", "deadline", "done", "eager", "error", "method", "on_timeout", "timeout",
+        "value",
     )  # fmt: skip
 
     def __init__(
@@ -50,6 +55,7 @@ class _Slot:
         on_timeout: Callable[[], None] | None = None,
         *,
         eager: bool = False,
+        timeout: float | None = None,
     ) -> None:
         #: The callback only hands the result on (to an event loop): it may run while
         #: the reader still reads, so an await is not held up by another thread's call.
@@ -60,6 +66,7 @@ class _Slot:
         self.callback = callback
         self.method = method
         self.deadline = deadline
+        self.timeout = timeout
         self.on_timeout = on_timeout
 
 
@@ -108,6 +115,8 @@ class Connection:
         self._release_hooks: list[Callable[[], None]] = []
         # Calls sent by submit(): a settler thread reads for them while nobody else does.
         self._background: deque[tuple[int, _Slot]] = deque()
+        # The same calls' deadlines, soonest first: a later call may have a shorter one.
+        self._deadlines: list[tuple[float, int, _Slot]] = []
         self._settler: threading.Thread | None = None
         # `with self._lock` (C-level) wherever the condition's own lock is all we need;
         # Condition.__enter__/__exit__ are Python frames, and this is the hot path.
@@ -205,12 +214,15 @@ class Connection:
         slot: _Slot | None,
         *,
         as_reader: bool = False,
+        on_loop: bool = False,
     ) -> int:
         """Encode and send; ``slot`` (if any) is where the reply will be delivered.
 
         ``as_reader``: this thread holds the reader's role, so while the send waits
         (for room, or for another thread's frame) it must read: the peer may be blocked
-        sending replies, and nobody else will take them.
+        sending replies, and nobody else will take them. ``on_loop``: this thread is an
+        event loop, which must not wait at all; a thread finishes a frame that does not
+        fit now, and a failure reaches the call through its slot.
         """
         msgid = next(self._ids) & _wire.MAX_MSGID
         data, fds = _wire.encode_request(msgid, method, params, names=names)
@@ -227,6 +239,9 @@ class Connection:
                 self._pending[msgid] = slot
             self.calls_started += 1
         deadline = None if timeout is None else time.monotonic() + timeout
+        if on_loop:
+            self._send_from_loop(data, fds, method, timeout, deadline)
+            return msgid
         try:
             if as_reader:
                 self.channel.send(
@@ -241,6 +256,35 @@ class Connection:
         except OSError as exc:
             self._fail(exc)
         return msgid
+
+    def _send_from_loop(
+        self, data: Any, fds: Sequence[int], method: str, timeout: float | None,
+        deadline: float | None,
+    ) -> None:  # fmt: skip
+        try:
+            finish = self.channel.send_or_defer(data, fds)
+        except OSError as exc:  # explaining it waits for the child: not on the loop
+            finish = None
+            self._in_thread(self.fail, exc)
+        if finish is not None:
+            self._in_thread(self._finish_send, finish, method, timeout, deadline)
+
+    def _finish_send(
+        self, finish: Callable[..., None], method: str, timeout: float | None,
+        deadline: float | None,
+    ) -> None:  # fmt: skip
+        """The rest of an event loop's frame, sent (and read for) as any thread would."""
+        try:
+            finish(self._while_send_blocked, deadline)
+        except TimeoutError:  # the call's own timer, on the loop, reports CallTimeout
+            self.fail(ConnectionResetError(f"call `{method}` could not be sent in {timeout:g}s"))
+        except OSError as exc:
+            self.fail(exc)
+
+    def _in_thread(self, target: Callable[..., None], *args: Any) -> None:
+        threading.Thread(
+            target=target, args=args, daemon=True, name=f"compartments-send-{self.name}"
+        ).start()
 
     def wait(
         self,
@@ -369,12 +413,14 @@ class Connection:
         """Send a call whose reply settles itself: a settler thread reads while no
         caller does, and ``callback`` runs when the reply (or the failure) is in."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        slot = _Slot(callback, method, deadline, on_timeout)
+        slot = _Slot(callback, method, deadline, on_timeout, timeout=timeout)
         msgid = self._send_request(method, params, None, timeout, slot)
         with self._lock:
             if slot.done:
                 return msgid, slot
             self._background.append((msgid, slot))
+            if deadline is not None:
+                heapq.heappush(self._deadlines, (deadline, msgid, slot))
             if self._settler is not None:
                 return msgid, slot
             settler = self._settler = threading.Thread(
@@ -396,7 +442,7 @@ class Connection:
         """Send a call whose reply someone else watches for (an event loop reading
         the fd through :meth:`read_if_free`); ``callback`` runs when it is in."""
         slot = _Slot(callback, method, eager=True)
-        return self._send_request(method, params, names, timeout, slot), slot
+        return self._send_request(method, params, names, timeout, slot, on_loop=True), slot
 
     def read_if_free(self) -> bool:
         """Read what has arrived, unless another thread holds the reader's role.
@@ -407,12 +453,29 @@ class Connection:
         if not self._claim_reader_if_free():
             return False
         try:
-            self._read_once(nonblocking=True)
+            self._receive(None, nonblocking=True)
+        except (ProtocolError, OSError) as exc:
+            # Explaining a failure waits for the child's exit (a child that closed its
+            # channel and lives gets a second) and asks its zygote: not on an event loop.
+            # That thread keeps the reader's role until every call has its error.
+            threading.Thread(
+                target=self._fail_then_release, args=(exc,), daemon=True,
+                name=f"compartments-fail-{self.name}",
+            ).start()  # fmt: skip
+            return True
         except BaseException:  # recorded: every pending call has its error
             pass
+        try:
+            self._run_eager()
         finally:
             self._release_reader()
         return True
+
+    def _fail_then_release(self, cause: BaseException) -> None:
+        try:
+            self.fail(cause)
+        finally:
+            self._release_reader()
 
     def when_reader_free(self, hook: Callable[[], None]) -> bool:
         """Run ``hook`` when the current reader lets go; False (and no hook) if nobody
@@ -425,7 +488,8 @@ class Connection:
 
     def _settle_background(self) -> None:
         """The settler: wait, as any caller would, for the oldest background call, until
-        none is left. A call that misses its deadline fails with CallTimeout."""
+        none is left, but only until the soonest deadline of them all (a later call may
+        have a shorter timeout): each call that missed its own fails with CallTimeout."""
         while True:
             with self._lock:
                 queue = self._background
@@ -433,16 +497,35 @@ class Connection:
                     queue.popleft()
                 if not queue:
                     self._settler = None
+                    self._deadlines.clear()
                     return
                 msgid, slot = queue[0]
-            remaining = None if slot.deadline is None else slot.deadline - time.monotonic()
+                deadlines = self._deadlines
+                while deadlines and deadlines[0][2].done:
+                    heapq.heappop(deadlines)
+                soonest = deadlines[0][0] if deadlines else None
+            remaining = _SETTLE_SLICE
+            if soonest is not None:
+                remaining = min(max(soonest - time.monotonic(), 0.0), remaining)
             try:
-                self.wait((msgid, slot), slot.method, max(remaining, 0.0) if remaining is not None
-                          else None)  # fmt: skip
-            except CallTimeout as late:
-                self._expire(slot, late)
+                self.wait((msgid, slot), slot.method, remaining, abandon_on_timeout=False)
+            except CallTimeout:
+                self._expire_due()
             except BaseException:  # the slot has its error; its callback reports it
                 pass
+
+    def _expire_due(self) -> None:
+        now = time.monotonic()
+        due: list[_Slot] = []
+        with self._lock:
+            deadlines = self._deadlines
+            while deadlines and (deadlines[0][2].done or deadlines[0][0] <= now):
+                _, msgid, slot = heapq.heappop(deadlines)
+                if self._pending.pop(msgid, None) is not None:
+                    self._abandoned.add(msgid)
+                    due.append(slot)
+        for slot in due:
+            self._expire(slot, CallTimeout(self.name, slot.method, slot.timeout or 0.0))
 
     def _expire(self, slot: _Slot, late: CallTimeout) -> None:
         with self._lock:
@@ -453,7 +536,29 @@ class Connection:
         if slot.on_timeout is not None:
             with contextlib.suppress(Exception):
                 slot.on_timeout()
-        _run_callback(slot)
+        self._run_ready([slot])
+
+    def _run_ready(self, ready: list[_Slot]) -> None:
+        """Run finished calls' callbacks. A Future's done-callbacks are user code that may
+        block, or wait for a later Future of this compartment: only the settler with no
+        other call due runs them itself. Any other reader (an event loop, a caller with a
+        deadline, the settler with replies still to read or expire) hands them to a
+        thread of their own."""
+        if threading.current_thread() is self._settler and not self._background_due():
+            for slot in ready:
+                _run_callback(slot)
+            return
+        threading.Thread(
+            target=_run_callbacks, args=(ready,), daemon=True,
+            name=f"compartments-callbacks-{self.name}",
+        ).start()  # fmt: skip
+
+    def _background_due(self) -> bool:
+        with self._lock:
+            queue = self._background
+            while queue and queue[0][1].done:
+                queue.popleft()
+            return bool(queue)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -469,24 +574,32 @@ class Connection:
         The reply to msgid ``mine``, a call with no slot, is returned instead. A receive
         after ``poll`` is ``nonblocking``: readable is not a promise that it will not block.
         """
-        decoder = self._decoder
-        found = None
         try:
-            if not self.channel.receive_into(decoder, nonblocking):
-                raise ConnectionResetError(f"`{self.name}` closed its channel")
-            while (message := decoder.next_message()) is not None:
-                if type(message) is Response and message.msgid == mine:
-                    found = message
-                else:
-                    self._dispatch(message)
+            found = self._receive(mine, nonblocking)
         except (ProtocolError, OSError) as exc:
             self._fail(exc)
+        self._run_eager()
+        return found
+
+    def _receive(self, mine: int | None, nonblocking: bool) -> Response | None:
+        """:meth:`_read_once` without failing the connection: its failure is raised."""
+        decoder = self._decoder
+        found = None
+        if not self.channel.receive_into(decoder, nonblocking):
+            raise ConnectionResetError(f"`{self.name}` closed its channel")
+        while (message := decoder.next_message()) is not None:
+            if type(message) is Response and message.msgid == mine:
+                found = message
+            else:
+                self._dispatch(message)
+        return found
+
+    def _run_eager(self) -> None:
         if self._eager:
             with self._lock:
                 eager, self._eager = self._eager, []
             for slot in eager:
                 _run_callback(slot)
-        return found
 
     def _claim_reader_if_free(self) -> bool:
         with self._lock:
@@ -504,8 +617,8 @@ class Connection:
                 return
             ready, self._ready = self._ready, []
             hooks, self._release_hooks = self._release_hooks, []
-        for slot in ready:
-            _run_callback(slot)
+        if ready:
+            self._run_ready(ready)
         for hook in hooks:
             _run_hook(hook)
 
@@ -582,8 +695,8 @@ class Connection:
                 hooks, self._release_hooks = self._release_hooks, []
         self.channel.close()
         self._decoder.close()
-        for slot in ready:
-            _run_callback(slot)
+        if ready:
+            self._run_ready(ready)
         for hook in hooks:
             _run_hook(hook)
         raise failure
@@ -607,6 +720,11 @@ def _run_callback(slot: _Slot) -> None:
         callback(slot)
     except Exception:
         _log.exception("a compartment call's completion callback raised")
+
+
+def _run_callbacks(ready: list[_Slot]) -> None:
+    for slot in ready:
+        _run_callback(slot)
 
 
 def _run_hook(hook: Callable[[], None]) -> None:
