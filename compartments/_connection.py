@@ -234,7 +234,7 @@ class Connection:
             )
         with self._lock:
             if self._failure is not None:
-                raise self._failure
+                raise self._failure.with_traceback(None)  # shared: do not let it grow
             if slot is not None:
                 self._pending[msgid] = slot
             self.calls_started += 1
@@ -314,7 +314,7 @@ class Connection:
                     self._abandon(msgid, slot)
                 raise CallTimeout(self.name, method, timeout or 0.0)
         if slot.error is not None:
-            raise slot.error
+            raise slot.error.with_traceback(None)  # may be the shared failure
         return slot.value
 
     def _while_send_blocked(self, deadline: float | None) -> None:
@@ -699,7 +699,7 @@ class Connection:
             self._run_ready(ready)
         for hook in hooks:
             _run_hook(hook)
-        raise failure
+        raise failure.with_traceback(None)  # shared by every caller: do not let it grow
 
     def fail(self, cause: BaseException) -> None:
         """Mark the connection dead from outside (e.g. the child was killed)."""

@@ -169,7 +169,9 @@ class Supervised:
     def _restart_or_raise(self, failure: BaseException | None) -> None:
         policy = self.definition.restart
         if self.restarts >= policy.max_restarts:
-            raise failure or CompartmentCrashed(self.name, "it is no longer running")
+            if failure is None:
+                raise CompartmentCrashed(self.name, "it is no longer running")
+            raise failure.with_traceback(None)  # raised to every later caller: keep it short
         time.sleep(policy.delay(self.restarts))
         self.restarts += 1
 

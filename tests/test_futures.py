@@ -149,3 +149,20 @@ def test_submit_to_a_crashed_compartment_returns_a_failed_future() -> None:
 def test_an_argument_that_cannot_cross_raises_at_submit() -> None:
     with pytest.raises(TypeError, match="value"):
         echo.submit(object())  # type: ignore[arg-type]
+
+
+def test_the_error_of_a_dead_compartment_does_not_grow_with_each_call() -> None:
+    """Every later call raises the one recorded failure: its traceback must not keep the
+    frames of every earlier raise (memory, and tracebacks too deep to print)."""
+    import traceback
+
+    exit_now.close()
+    with pytest.raises(CompartmentCrashed):
+        exit_now()
+    depths = []
+    for _ in range(300):
+        try:
+            exit_now()
+        except CompartmentCrashed as exc:
+            depths.append(len(traceback.extract_tb(exc.__traceback__)))
+    assert max(depths) < 30, depths[-1]
