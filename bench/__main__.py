@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compartments import Pool
+from compartments import Pool, control
 from compartments._supervised import Supervised
 from compartments._text import printable
 
@@ -272,14 +272,15 @@ def thread_rounds(figures: Figures, rounds: int, calls: int) -> None:
     """32 threads on one proxy against one thread, everything on one core."""
     proxy = targets.Service()
     proxy.ping()
-    pin([proxy.pid], ONE_CORE)
+    pid = control(proxy).pid
+    pin([pid], ONE_CORE)
     try:
         for _ in range(rounds):
             figures.add("one_thread_call", per_op(proxy.ping, calls) * 1e6, "us")
             figures.add("threads_32_call", _in_threads(proxy, 32, calls) * 1e6, "us")
     finally:
-        pin([proxy.pid], None)
-        proxy.close()
+        pin([pid], None)
+        control(proxy).close()
 
 
 def aio_rounds(figures: Figures, rounds: int) -> None:

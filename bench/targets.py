@@ -34,7 +34,7 @@ def first_answer() -> int:
 
 @compartment(rules=[SystemIO.nothing()])
 class Service:
-    """A class compartment: its calls go through ``Proxy.__getattr__``."""
+    """A class compartment: its calls go through the generated proxy methods."""
 
     def ping(self) -> None:
         return None
