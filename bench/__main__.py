@@ -460,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         step()
     print("measuring a first lazy import (no target yet) ...", file=sys.stderr, flush=True)
     extra = unscored(figures, lazy_import_rounds(figures, rounds))
-    targets.noop()
-    uss = idle_uss_mib(targets.noop.pid)  # type: ignore[arg-type]
+    targets.idle()
+    uss = idle_uss_mib(targets.idle.pid)  # type: ignore[arg-type]
     table = scores(figures, uss)
     report(figures, table, extra)
     RESULTS.write_text(json.dumps({
