@@ -114,7 +114,7 @@ def test_a_flood_of_forged_records_is_bounded_and_its_drops_reported(
     reported = [int(m[1]) for t in texts if (m := re.search(r": (\d+) records dropped$", t))]
     # Reported once the flood is over (or every REPORT_INTERVAL): a starved machine can
     # pause a flood for a quiet second more than once, but never more than once a second.
-    assert 1 <= len(reported) <= elapsed / _remote_log.QUIET_AFTER_FLOOD + 2, reported
+    assert reported and len(reported) <= elapsed / _remote_log.QUIET_AFTER_FLOOD + 2, reported
     assert sum(reported) == 200_000 - arrived, reported
 
 
