@@ -300,8 +300,7 @@ class Supervised:
             self._kill_stuck(conn, method, timeout)
             raise
         except (TypeError, OverflowError) as exc:
-            if not isinstance(exc.__cause__, RemoteTraceback):  # ours: it could not be sent
-                _check_arguments(self.definition, method, args, kwargs)
+            _explain_unsendable(self.definition, method, args, kwargs, exc)
             raise
 
     def send(
@@ -347,8 +346,7 @@ def send_call(
     try:
         return send([args, kwargs])
     except (TypeError, OverflowError) as exc:
-        if not isinstance(exc.__cause__, RemoteTraceback):  # ours: it could not be sent
-            _check_arguments(definition, method, args, kwargs)
+        _explain_unsendable(definition, method, args, kwargs, exc)
         raise
     finally:
         _largebytes.close_all(offloaded)  # sent (or not): the receiver has its own copy
@@ -371,6 +369,19 @@ def _needs_preparing(values: Iterable[Any]) -> bool:
         elif isinstance(value, Remote):
             return True
     return False
+
+
+def _explain_unsendable(
+    definition: Definition,
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    exc: BaseException,
+) -> None:
+    """For a TypeError/OverflowError of ours (the frame could not be built, not one the
+    compartment raised), raise the TypeError naming the argument that cannot cross."""
+    if not isinstance(exc.__cause__, RemoteTraceback):
+        _check_arguments(definition, method, args, kwargs)
 
 
 def _check_arguments(

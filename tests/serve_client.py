@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 from typing import Any
 
 import msgpack
@@ -83,6 +84,16 @@ def main(argv: list[str]) -> int:
             answer = {"error": error} if error is not None else {"result": result}
             print(json.dumps(answer), flush=True)
     return 0
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from serve_client import Client
+from serve_client import Client, wait_for
 from serve_targets import Calc, Phoenix, parse, split_in_workers
 
 import compartments
@@ -36,15 +35,6 @@ def calc() -> Iterator[Any]:
 def served(calc: Any, tmp_path: Path) -> Iterator[compartments.Served]:
     with compartments.serve(calc, tmp_path / "calc.sock") as server:
         yield server
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.mark.timeout(60)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 import time
 from typing import Any
 
 import msgpack
+from wire_attacks import _msgid_being_served, _send_raw
 
 from compartments import RestartPolicy, compartment
 from compartments._wire import _TRAILING, EXT_TRAILING
@@ -28,26 +28,6 @@ SLEEP = Threads.nothing().allow_sleep().yes_really()
 
 def hang() -> None:
     threading.Event().wait()
-
-
-def _send_raw(data: bytes) -> None:
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=CHANNEL_FD)
-    try:
-        raw.sendall(data)
-    finally:
-        raw.detach()
-
-
-def _msgid_being_served() -> int:
-    """The msgid of the request this method runs for, from the server's frame."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        for name in ("request", "message"):
-            value = frame.f_locals.get(name)
-            if type(value).__name__ == "Request":
-                return int(value.msgid)
-        frame = frame.f_back
-    raise RuntimeError("no request on the stack")
 
 
 def response(msgid: int, result: Any) -> bytes:

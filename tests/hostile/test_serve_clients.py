@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 from serve_attacks import GIGABYTE_HEADER
-from serve_client import Client
+from serve_client import Client, wait_for
 from serve_targets import Calc
 
 import compartments
@@ -41,15 +41,6 @@ def calc() -> Iterator[Any]:
 def served(calc: Any, tmp_path: Path) -> Iterator[compartments.Served]:
     with compartments.serve(calc, tmp_path / "calc.sock", drain_timeout=1.0) as server:
         yield server
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def attack(mode: str, path: str, seconds: float) -> subprocess.Popen[str]:
