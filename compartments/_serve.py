@@ -51,6 +51,11 @@ ATTACH_TIMEOUT = 10.0
 _ROOM_WAIT = 0.1
 #: Connections taken from the listen queue per wake-up, so hang-ups are seen in between.
 _ACCEPT_BATCH = 64
+#: The most of its time the serving thread spends handing clients over: ``$attach`` runs
+#: on the parent's own line and under its GIL, so a client that connects and hangs up in a
+#: loop would otherwise slow the parent's calls by as much as it likes. After a hand-over
+#: that took t seconds, the next client is accepted t * (1 / share - 1) seconds later.
+_HAND_OVER_SHARE = 0.2
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -116,6 +121,7 @@ class Served:
         self.refused = 0
         self._warned_at = float("-inf")
         self._unwarned = 0
+        self._next_accept = 0.0  # monotonic time before which no client is accepted
         self._listener, self._inode = _listen(path, mode, max_clients)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(
@@ -143,8 +149,10 @@ class Served:
         """Wait for a client, a hang-up, or ``close()``; handle what came."""
         poller, by_sock = self._line_poller()
         poller.register(self._wake_r, select.POLLIN)
-        poller.register(self._listener.fileno(), select.POLLIN)
-        ready = poller.poll()
+        pause = self._next_accept - time.monotonic()
+        if pause <= 0:
+            poller.register(self._listener.fileno(), select.POLLIN)
+        ready = poller.poll(max(1, round(pause * 1000)) if pause > 0 else None)
         if any(fd == self._wake_r for fd, _ in ready):
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 64)  # a stray byte must not wake us for ever
@@ -191,6 +199,8 @@ class Served:
 
     def _accept_some(self) -> None:
         for _ in range(_ACCEPT_BATCH):
+            if time.monotonic() < self._next_accept:
+                return
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -228,6 +238,7 @@ class Served:
     def _attach(self, sock: socket.socket, name: str) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)  # the compartment cannot
         watch, held = os.pipe2(os.O_CLOEXEC)
+        started = time.monotonic()
         try:
             self._hand_over(sock, name, held)
         except (CompartmentsError, OSError, ValueError, TypeError, RuntimeError) as exc:
@@ -241,6 +252,8 @@ class Served:
             return
         finally:
             os.close(held)
+            took = time.monotonic() - started
+            self._next_accept = time.monotonic() + took * (1 / _HAND_OVER_SHARE - 1)
         with self._lock:
             self._lines[watch] = _Line(sock, watch)
         self.served += 1

@@ -131,6 +131,27 @@ def churn(path: str, until: float) -> None:
         time.sleep(0.001)
 
 
+def oneshot(path: str, until: float) -> None:
+    """A client that looks legitimate: connect, one call, its answer, hang up; again."""
+    msgid = 0
+    while time.monotonic() < until:
+        with contextlib.suppress(OSError), connect(path) as sock:
+            msgid += 1
+            sock.sendall(request(msgid))
+            sock.recv(64)
+
+
+def burst(path: str, until: float) -> None:
+    """Sixteen connections at once, all hung up together; again."""
+    while time.monotonic() < until:
+        held = []
+        with contextlib.suppress(OSError):
+            for _ in range(16):
+                held.append(connect(path))
+        for sock in held:
+            sock.close()
+
+
 def hoard(path: str, until: float) -> None:
     """Open as many connections as the fd limit allows and hold them."""
     import resource
@@ -160,6 +181,8 @@ MODES: dict[str, Callable[[str, float], None]] = {
     "unread": unread,
     "slow": slow,
     "churn": churn,
+    "oneshot": oneshot,
+    "burst": burst,
     "hoard": hoard,
 }
 
