@@ -435,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where results go")
     args = parser.parse_args(argv)
     rounds, calls = (3, 500) if args.quick else (args.rounds, args.calls)
     # The figures within the VM's noise get more, shorter rounds: more pairs to take
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     uss = idle_uss_mib(targets.idle.pid)  # type: ignore[arg-type]
     table = scores(figures, uss)
     report(figures, table, extra)
-    RESULTS.write_text(json.dumps({
+    args.output.write_text(json.dumps({
         "machine": {"python": platform.python_version(), "kernel": platform.release(),
                     "cpus": os.cpu_count()},
         "rounds": rounds, "calls_per_round": calls,
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "retired": RETIRED,
         "unscored": extra,
     }, indent=2))  # fmt: skip
-    print(f"\nwrote {RESULTS} ({time.monotonic() - started:.0f} s)")
+    print(f"\nwrote {args.output} ({time.monotonic() - started:.0f} s)")
     return 0
 
 

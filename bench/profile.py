@@ -7,7 +7,11 @@ Three ladders, each rung adding one layer to the one before, in the same run:
   its syscalls) apart from the rest (the child and the context switches), and a cProfile;
 - 1 MiB one way, from a raw socket into a reused buffer up to a full call;
 - 64 MiB one way, each direction, against a raw socket into a new ``bytes``, and inline
-  msgpack against trailing bytes.
+  msgpack against trailing bytes;
+- 64 KiB echoed, against a raw echo into a new ``bytes``, with each side's CPU;
+- calls in flight (64 Futures, and 1,000 gathered awaits) with the parent on one core and
+  the child on the other: each side's CPU per call (``/proc/*/schedstat``, every thread)
+  against the wall time per call, so the side whose CPU fills the wall is the bound.
 
 The no-op ladder is also the breakdown of the parent's per-call cost: each rung's parent
 CPU minus the one before is what that layer costs (``Proxy.__getattr__`` is measured
@@ -16,6 +20,8 @@ alone, as it makes no round trip).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import cProfile
 import io
 import itertools
@@ -30,28 +36,38 @@ from collections.abc import Callable
 
 import msgpack
 
-from compartments import _largebytes, _wire
+from compartments import _largebytes, _wire, control
 from compartments._channel import Channel, socketpair
 
 from . import baselines, targets
-from .__main__ import ONE_CORE, per_op, pin
+from .__main__ import ONE_CORE, per_op, pin, pin_split
 
 Step = Callable[[], object]
 
 
-def _interleaved(steps: dict[str, Step], rounds: int, calls: int) -> dict[str, tuple[float, float]]:
-    """Each step's (parent CPU, wall) per call in µs: medians over rounds that run every
-    step in turn, so a burst of the VM's other work hits all of them alike."""
+def _interleaved(
+    steps: dict[str, tuple[Step, int]], rounds: int, calls: int
+) -> dict[str, tuple[float, float, float]]:
+    """Each step's (parent CPU, peer CPU, wall) per call in µs: medians over rounds that
+    run every step in turn, so a burst of the VM's other work hits all of them alike.
+    A step is a callable and the pid of the process that answers it (0: none)."""
     cpu: dict[str, list[float]] = {name: [] for name in steps}
+    peer: dict[str, list[float]] = {name: [] for name in steps}
     wall: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
-        for name, step in steps.items():
+        for name, (step, pid) in steps.items():
+            started_peer = _run_ns(pid) if pid else 0
             started_cpu, started = time.thread_time(), time.perf_counter()
             for _ in range(calls):
                 step()
             cpu[name].append((time.thread_time() - started_cpu) / calls * 1e6)
             wall[name].append((time.perf_counter() - started) / calls * 1e6)
-    return {name: (statistics.median(cpu[name]), statistics.median(wall[name])) for name in steps}
+            peer[name].append((_run_ns(pid) - started_peer) / calls / 1e3 if pid else 0.0)
+    return {
+        name: (statistics.median(cpu[name]), statistics.median(peer[name]),
+               statistics.median(wall[name]))
+        for name in steps
+    }  # fmt: skip
 
 
 def noop_ladder(rounds: int = 9, calls: int = 1000) -> None:
@@ -78,42 +94,49 @@ def noop_ladder(rounds: int = 9, calls: int = 1000) -> None:
 
     service = targets.Service()
     service.ping()
-    service_supervised = service._supervised
+    service_supervised = service._supervised_instance()  # type: ignore[attr-defined]
     floor = baselines.MsgpackPeer()
-    steps: dict[str, Step] = {
-        "raw socket ping-pong": raw.round_trip,
-        "multiprocessing.Pipe": pipe.round_trip,
-        "msgpack-RPC floor, forked, unsealed": floor.round_trip,
-        "bare msgpack client, sealed child": bare,
-        "+ encoder, Channel, FrameDecoder": wire,
-        "+ Connection (routing), no timeout": lambda: conn.call("__call__", [[], {}]),
-        "+ a timeout (a poll per call)": lambda: conn.call("__call__", [[], {}], timeout=60.0),
-        "+ Supervised.call": lambda: supervised.call("__call__", (), {}, None),
-        "+ the function proxy (noop())": targets.noop,
-        "class: Supervised.call": lambda: service_supervised.call("ping", (), {}, None),
-        "class: + Proxy.__getattr__ (ping())": lambda: service.ping(),
-        "Proxy.__getattr__ alone, no call": lambda: service.ping,
+    child, service_pid = targets.noop.pid or 0, control(service).pid or 0
+    steps: dict[str, tuple[Step, int]] = {
+        "raw socket ping-pong": (raw.round_trip, raw.pid),
+        "multiprocessing.Pipe": (pipe.round_trip, pipe.pid),
+        "msgpack-RPC floor, forked, unsealed": (floor.round_trip, floor.pid),
+        "bare msgpack client, sealed child": (bare, child),
+        "+ encoder, Channel, FrameDecoder": (wire, child),
+        "+ Connection (routing), no timeout": (lambda: conn.call("__call__", [[], {}]), child),
+        "+ a timeout (a poll per call)": (
+            lambda: conn.call("__call__", [[], {}], timeout=60.0), child
+        ),
+        "+ Supervised.call": (lambda: supervised.call("__call__", (), {}, None), child),
+        "+ the function proxy (noop())": (targets.noop, child),
+        "class: Supervised.call": (
+            lambda: service_supervised.call("ping", (), {}, None), service_pid
+        ),
+        "class: + Proxy.__getattr__ (ping())": (lambda: service.ping(), service_pid),
+        "Proxy.__getattr__ alone, no call": (lambda: service.ping, 0),
     }
-    pids = [targets.noop.pid, pipe.pid, raw.pid, floor.pid, service.pid]
+    pids = [child, pipe.pid, raw.pid, floor.pid, service_pid]
     pin(pids, ONE_CORE)
     try:
         figures = _interleaved(steps, rounds, calls)
         print("\nno-op round trip, one core (µs per call)")
-        print(f"{'rung':38} {'parent CPU':>10} {'wall':>7} {'rest':>7}")
-        for name, (cpu, wall) in figures.items():
-            print(f"{name:38} {cpu:10.2f} {wall:7.2f} {wall - cpu:7.2f}")
-        print("  rest = wall - parent CPU: the other process and the context switches")
+        print(f"{'rung':38} {'parent CPU':>10} {'peer CPU':>8} {'wall':>7} {'rest':>7}")
+        for name, (cpu, peer, wall) in figures.items():
+            print(f"{name:38} {cpu:10.2f} {peer:8.2f} {wall:7.2f} {wall - cpu - peer:7.2f}")
+        print("  peer CPU: the process answering (every thread of it, from schedstat);")
+        print("  rest = wall - both: what neither ran, i.e. the switches between them")
         _print_profile(targets.noop, 20_000)
     finally:
         pin(pids, None)
         pipe.close()
         raw.close()
         floor.close()
-        service.close()
+        control(service).close()
         sock.close()
 
 
-def _print_profile(step: Step, calls: int) -> None:
+def _print_profile(step: Step, calls: int, what: str = "pinned no-op calls") -> None:
+    """The parent's cProfile (this thread only: a settler thread's work is not in it)."""
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
@@ -121,7 +144,7 @@ def _print_profile(step: Step, calls: int) -> None:
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
-    print(f"\ncProfile of {calls} pinned no-op calls (top 12 by own time):")
+    print(f"\ncProfile of {calls} {what} (top 12 by own time):")
     print("\n".join(out.getvalue().splitlines()[4:]))
 
 
@@ -259,10 +282,128 @@ def large_components(rounds: int = 3) -> None:
         source.close()
 
 
-def main() -> int:
-    noop_ladder()
-    payload_ladder()
-    large_components()
+def _run_ns(pid: int | str) -> int:
+    """CPU time a process has run, every thread of it, in ns (the scheduler's own count)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as stat, contextlib.suppress(OSError):
+            total += int(stat.read().split()[0])
+    return total
+
+
+def _cpu_split(run: Step, calls: int, child: int) -> tuple[float, float, float]:
+    """(wall, parent CPU, child CPU) per call in µs, for ``run`` making ``calls`` calls."""
+    parent_before, child_before = _run_ns("self"), _run_ns(child)
+    started = time.perf_counter()
+    run()
+    wall = time.perf_counter() - started
+    parent, child_ns = _run_ns("self") - parent_before, _run_ns(child) - child_before
+    return wall / calls * 1e6, parent / calls / 1e3, child_ns / calls / 1e3
+
+
+def _print_split(title: str, figures: dict[str, list[tuple[float, float, float]]]) -> None:
+    """Medians of (wall, parent CPU, peer CPU) per call, one line per step."""
+    print(f"\n{title} (µs per call, medians)")
+    print(f"{'':40} {'wall':>7} {'parent CPU':>10} {'peer CPU':>9}")
+    for name, rounds in figures.items():
+        wall, parent, peer = (statistics.median(column) for column in zip(*rounds, strict=True))
+        print(f"{name:40} {wall:7.2f} {parent:10.2f} {peer:9.2f}")
+    print("  a side whose CPU per call is about the wall per call is what bounds it")
+
+
+def in_flight(rounds: int = 5, calls: int = 6400) -> None:
+    """64 Futures in flight, and 1,000 gathered awaits, against one call at a time."""
+    targets.noop()
+    child = targets.noop.pid
+    assert child is not None
+
+    def sequential() -> None:
+        for _ in range(calls):
+            targets.noop()
+
+    def pipelined() -> None:
+        for _ in range(calls // 64):
+            for future in [targets.noop.submit() for _ in range(64)]:
+                future.result()
+
+    async def one_by_one() -> None:
+        for _ in range(1000):
+            await targets.noop.aio()
+
+    async def gathered() -> None:
+        await asyncio.gather(*(targets.noop.aio() for _ in range(1000)))
+
+    loop = asyncio.new_event_loop()
+    pin_split([], [child])
+    try:
+        loop.run_until_complete(gathered())  # the loop's helper threads start pinned
+        figures: dict[str, list[tuple[float, float, float]]] = {}
+        for _ in range(rounds):
+            for name, run, count in (
+                ("sequential noop()", sequential, calls),
+                ("64 in flight (submit, result)", pipelined, calls),
+                ("1,000 awaited one by one", lambda: loop.run_until_complete(one_by_one()), 1000),
+                ("1,000 gathered awaits", lambda: loop.run_until_complete(gathered()), 1000),
+            ):
+                figures.setdefault(name, []).append(_cpu_split(run, count, child))
+        _print_split("calls in flight, parent on CPU 0 and child on CPU 1", figures)
+        _print_profile(lambda: [f.result() for f in [targets.noop.submit() for _ in range(64)]],
+                       200, "rounds of 64 Futures in flight, split")  # fmt: skip
+        _print_profile(lambda: loop.run_until_complete(gathered()), 20,
+                       "rounds of 1,000 gathered awaits, split")  # fmt: skip
+    finally:
+        pin([child], None)
+        loop.close()
+
+
+def echo_64kib(rounds: int = 7, calls: int = 300) -> None:
+    """A 64 KiB echo against a raw echo into a new ``bytes``, on one core."""
+    payload = os.urandom(64 << 10)
+    raw = baselines.RawSocketPeer(fresh=True)
+    targets.echo(payload)
+    child = targets.echo.pid
+    assert child is not None
+    pin([child, raw.pid], ONE_CORE)
+    try:
+        figures: dict[str, list[tuple[float, float, float]]] = {}
+        for _ in range(rounds):
+            for name, step, pid in (
+                ("raw echo into a new bytes", lambda: raw.round_trip(payload), raw.pid),
+                ("call echo", lambda: targets.echo(payload), child),
+            ):
+                def run(step: Step = step) -> None:
+                    for _ in range(calls):
+                        step()
+
+                figures.setdefault(name, []).append(_cpu_split(run, calls, pid))
+        _print_split("64 KiB echo, one core", figures)
+        _print_profile(lambda: targets.echo(payload), 3000, "64 KiB echoes, one core")
+    finally:
+        pin([child, raw.pid], None)
+        raw.close()
+
+
+#: name: (full run, smoke run); ``--quick`` takes the second, to check they all still run.
+SECTIONS: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
+    "noop": (lambda: noop_ladder(), lambda: noop_ladder(rounds=1, calls=50)),
+    "payload": (lambda: payload_ladder(), lambda: payload_ladder(rounds=1)),
+    "large": (lambda: large_components(), lambda: large_components(rounds=1)),
+    "echo64k": (lambda: echo_64kib(), lambda: echo_64kib(rounds=1, calls=20)),
+    "inflight": (lambda: in_flight(), lambda: in_flight(rounds=1, calls=128)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.profile [--quick] [SECTION ...]``: every section, or those named."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    quick = "--quick" in args
+    names = [arg for arg in args if arg != "--quick"] or list(SECTIONS)
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        return 2
+    for name in names:
+        SECTIONS[name][quick]()
     return 0
 
 
