@@ -212,7 +212,16 @@ class Channel:
             return send_all
         handed_on = False
         try:
-            parts = frame_parts(data)
+            if not fds and type(data) is bytes:  # the common frame: one send, no views
+                try:
+                    sent = self._sock.send(data, _MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return None
+                parts = [memoryview(data)[sent:]]
+            else:
+                parts = frame_parts(data)
             if fds and not parts[0]:
                 raise ValueError("fds need at least one byte of frame to travel with")
             ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []

@@ -7,6 +7,7 @@ import ctypes
 import hashlib
 import itertools
 import os
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -329,3 +330,64 @@ def test_send_nowait_keeps_what_does_not_fit_and_the_fds_that_did_not_go() -> No
         assert 0 < sum(len(part) for part in rest) < len(big) and list(fds) == []
         rest, fds = left.send_nowait(rest, [0])  # the buffer is full: nothing goes
         assert sum(len(part) for part in rest) < len(big) and list(fds) == [0]
+
+
+def _drain(channel: Channel, into: list[bytes], size: int) -> threading.Thread:
+    """A reader taking ``size`` bytes off ``channel``'s socket, in a thread."""
+
+    def read() -> None:
+        got = 0
+        while got < size:
+            chunk = channel._sock.recv(1 << 20)
+            if not chunk:
+                return
+            into.append(chunk)
+            got += len(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    return reader
+
+
+def test_send_or_defer_sends_a_frame_that_fits_at_once() -> None:
+    left, right = socketpair()
+    with left, right:
+        data, _ = encode_request(7, "m", [b"x" * 100])
+        assert left.send_or_defer(data) is None
+        decoder = right.new_decoder()
+        right.receive_into(decoder)
+        message = decoder.next_message()
+        assert isinstance(message, Request) and message.params == [b"x" * 100]
+
+
+def test_send_or_defer_hands_on_the_rest_of_a_frame_that_does_not_fit() -> None:
+    left, right = socketpair()
+    with left, right:
+        frame = os.urandom(8 << 20)
+        finish = left.send_or_defer(frame)
+        assert finish is not None  # the peer's buffer took only part of it
+        received: list[bytes] = []
+        reader = _drain(right, received, len(frame))
+        finish(lambda deadline: _until_writable(left), None)
+        reader.join(10)
+        assert b"".join(received) == frame
+
+
+def test_no_other_frame_starts_inside_a_deferred_one() -> None:
+    left, right = socketpair()
+    with left, right:
+        frame = os.urandom(8 << 20)
+        finish = left.send_or_defer(frame)
+        assert finish is not None
+        later = left.send_or_defer(b"after")  # the lock is held: handed on whole
+        assert later is not None
+        received: list[bytes] = []
+        reader = _drain(right, received, len(frame) + 5)
+        finish(lambda deadline: _until_writable(left), None)
+        later(lambda deadline: _until_writable(left), None)
+        reader.join(10)
+        assert b"".join(received) == frame + b"after"
+
+
+def _until_writable(channel: Channel) -> None:
+    select.select([], [channel.fileno()], [], 5)
