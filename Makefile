@@ -27,15 +27,15 @@ test: $(STAMP)
 # msgpack's pure-Python build (what installs where its C extension cannot), on the tests
 # that decode frames: the parent, the zygote and every compartment use it alike.
 test-purepython: $(STAMP)
-	MSGPACK_PUREPYTHON=1 $(PY) -m pytest tests/test_wire.py tests/test_hostile_wire.py \
-		tests/test_channel.py tests/test_trailing_bytes.py tests/test_runtime.py tests/hostile \
-		tests/test_remote_logging.py tests/test_stdio_forward.py
+	MSGPACK_PUREPYTHON=1 $(PY) -m pytest tests/wire/test_wire.py tests/wire/test_hostile_wire.py \
+		tests/wire/test_channel.py tests/wire/test_trailing_bytes.py tests/parent/test_runtime.py \
+		tests/hostile tests/parent/test_remote_logging.py tests/child/test_stdio_forward.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compartments tests examples bench
 	$(VENV)/bin/mypy --strict compartments
-	$(VENV)/bin/mypy --strict tests/typed_usage.py
-	$(VENV)/bin/pyright tests/typed_usage.py
+	$(VENV)/bin/mypy --strict tests/api/typed_usage.py
+	$(VENV)/bin/pyright tests/api/typed_usage.py
 
 demo: $(BASE)
 	$(PY) -m examples.ipc_db_server

@@ -1,3 +1,12 @@
+"""What every test directory shares: its modules on ``sys.path``, and a few fixtures.
+
+Test files and the workload modules beside them are top-level modules (no packages): the
+zygote imports a compartment's module by name, from the ``sys.path`` the parent had when
+the zygote started. So ``support/`` (helpers several directories use, ``hostile/`` among
+them) and every test directory go on ``sys.path`` here, before any test runs, whichever
+file or directory pytest was given.
+"""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _name in sorted(os.listdir(_HERE), reverse=True):
+    _directory = os.path.join(_HERE, _name)
+    if os.path.isdir(_directory) and _name[0] not in "._" and _directory not in sys.path:
+        sys.path.insert(0, _directory)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from compartments import (
 )
 from compartments.rulesets import SystemIO
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 #: A short message: a few frames of the caller's traceback and the message itself, never
 #: a remote traceback chained onto a local one.

@@ -15,12 +15,12 @@ import pytest
 
 from compartments import rulesets
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = REPO / "tests"
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 
 
-def _cli(*args: str, cwd: Path = TESTS, **streams: Any) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=f"{TESTS}:{REPO}")
+def _cli(*args: str, cwd: Path = HERE, **streams: Any) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=f"{HERE}:{REPO}")
     streams = streams or {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     return subprocess.run(
         [sys.executable, "-m", "compartments", *args],
@@ -145,8 +145,8 @@ def test_inspect_runs_the_setup_of_a_callable_rules_in_another_process(
     data.write_text("x")
     process = subprocess.Popen(
         [sys.executable, "-m", "compartments", "inspect", "cli_targets:KeepsFile", str(data)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=TESTS,
-        env=dict(os.environ, PYTHONPATH=f"{TESTS}:{REPO}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=HERE,
+        env=dict(os.environ, PYTHONPATH=f"{HERE}:{REPO}"),
     )  # fmt: skip
     _, stderr = process.communicate(timeout=90)
     assert process.returncode == 0, stderr
@@ -260,7 +260,7 @@ def test_learn_runs_a_module_with_every_compartment_learning(tmp_path: Path) -> 
 
 
 def test_learn_runs_a_script_with_its_arguments(tmp_path: Path) -> None:
-    result = _cli("learn", str(TESTS / "cli_program.py"), str(_data_file(tmp_path)), "3")
+    result = _cli("learn", str(HERE / "cli_program.py"), str(_data_file(tmp_path)), "3")
     assert result.returncode == 3, result.stderr
     assert result.stdout == "first line: hello\n"
     assert ".allow_open_readonly()" in result.stderr

@@ -1,4 +1,4 @@
-"""A whole program with a compartment, for ``learn -m cli_program`` (tests/test_cli.py)."""
+"""A whole program with a compartment, for ``learn -m cli_program`` (tests/cli/test_cli.py)."""
 
 from __future__ import annotations
 

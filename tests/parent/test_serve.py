@@ -22,7 +22,7 @@ from serve_targets import Calc, Phoenix, parse, split_in_workers
 
 import compartments
 
-HERE = Path(__file__).parent
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def served(calc: Any, tmp_path: Path) -> Iterator[compartments.Served]:
 def test_a_client_without_compartments_gets_results_from_plain_positional_params(
     served: compartments.Served,
 ) -> None:
-    script = HERE / "serve_client.py"
+    script = SUPPORT / "serve_client.py"
     out = subprocess.run(
         [sys.executable, "-I", str(script), served.path, '["add", [1, 2]]', '["echo", ["hi"]]'],
         capture_output=True, text=True, timeout=30, check=True,

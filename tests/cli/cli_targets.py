@@ -1,4 +1,4 @@
-"""Compartments for the CLI tests (tests/test_cli.py) to inspect and learn."""
+"""Compartments for the CLI tests (tests/cli/test_cli.py) to inspect and learn."""
 
 from __future__ import annotations
 

@@ -85,7 +85,8 @@ print(max(seen) - before)
 def test_awaiting_calls_hold_no_thread() -> None:
     # A fresh process: this one may hold threads from earlier tests.
     here = os.path.dirname(os.path.abspath(__file__))
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(here), here])}
+    repo = os.path.dirname(os.path.dirname(here))
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, here])}
     counted = subprocess.run(
         [sys.executable, "-c", _COUNT_THREADS], cwd=here, env=environment,
         capture_output=True, text=True, timeout=60,

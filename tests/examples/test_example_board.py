@@ -37,7 +37,7 @@ from examples.ipc_db_server.webserver import (
     WebServer,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
 

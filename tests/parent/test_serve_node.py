@@ -20,7 +20,7 @@ from serve_targets import Calc
 
 import compartments
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compartments-tests"
 PACKAGE = "@msgpack/msgpack@3"
 

@@ -22,7 +22,8 @@ from compartments._violations import ViolationLog
 from compartments.errors import PolicyViolation
 from compartments.rulesets import Networking, SystemIO
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
 @compartment(rules=[SystemIO.nothing()])
@@ -257,10 +258,11 @@ def test_learn_mode_is_loudly_labelled_unsafe(
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}")
+    # This module (its compartments are inspected) imports childproc from tests/support.
+    env = dict(os.environ, PYTHONPATH=f"{HERE}:{REPO / 'tests' / 'support'}:{REPO}")
     return subprocess.run(
         [sys.executable, "-m", "compartments", *args],
-        capture_output=True, text=True, timeout=60, env=env, cwd=REPO / "tests",
+        capture_output=True, text=True, timeout=60, env=env, cwd=HERE,
     )  # fmt: skip
 
 
