@@ -7,12 +7,10 @@ from named RuleSets, and called by msgpack-RPC over a unix socketpair.
 from __future__ import annotations
 
 from . import errors
-from ._context import SafetyContext
-from ._isolate import Bind, Isolate, IsolateResult
-from ._landlock import Scope
-from ._learn import LearnedPolicy
-from ._pool import Pool
-from ._proxy import (
+from ._isolation._isolate import Bind, Isolate, IsolateResult
+from ._parent._learn import LearnedPolicy
+from ._parent._pool import Pool
+from ._parent._proxy import (
     CompartmentClass,
     CompartmentFunction,
     Control,
@@ -21,10 +19,12 @@ from ._proxy import (
     compartment,
     control,
 )
-from ._rules import Arg, RuleSet, SeccompRule
-from ._serve import Served, serve
-from ._violations import Violation
-from ._wire import Fd
+from ._parent._serve import Served, serve
+from ._parent._violations import Violation
+from ._policy._context import SafetyContext
+from ._policy._landlock import Scope
+from ._policy._rules import Arg, RuleSet, SeccompRule
+from ._wire._frames import Fd
 from .errors import (
     BootstrapError,
     CallTimeout,

@@ -26,12 +26,12 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from . import _wire
-from ._channel import Channel
-from ._decoder import FrameDecoder
-from ._fd import Fd
-from ._remote_errors import a_type
-from ._wire import NOTIFICATION, REQUEST, FrameBytes, Message, Notification, Request
+from .._wire import _frames
+from .._wire._channel import Channel
+from .._wire._decoder import FrameDecoder
+from .._wire._fd import Fd
+from .._wire._frames import NOTIFICATION, REQUEST, FrameBytes, Message, Notification, Request
+from .._wire._remote_errors import a_type
 
 __all__ = ["NOTIFIED", "ExternalChannel", "ExternalDecoder", "ExternalEncoder", "LineOptions"]
 
@@ -141,24 +141,24 @@ class ExternalEncoder:
                 self._log(method, exc, "notification")
             return b"", []
         if exc is None:
-            data: bytes = self._packer.pack([_wire.RESPONSE, msgid, None, result])
+            data: bytes = self._packer.pack([_frames.RESPONSE, msgid, None, result])
             if len(data) > self._max_message:
                 raise ValueError(
                     f"the result of `{method}` is {len(data)} bytes encoded; a served "
                     f"client gets at most {self._max_message}"
                 )
             return data, []
-        full = _wire.encode_error(exc)
+        full = _frames.encode_error(exc)
         error = {"type": full["type"], "message": full["message"]}
         if self._tracebacks:
             error["traceback"] = full["traceback"]
         else:
             self._log(method, exc, "call")
-        data = self._packer.pack([_wire.RESPONSE, msgid, error, None])
+        data = self._packer.pack([_frames.RESPONSE, msgid, error, None])
         if len(data) > self._max_message:  # a huge message: keep its type and a start
             error["message"] = error["message"][: self._max_message // 8]
             error.pop("traceback", None)
-            data = self._packer.pack([_wire.RESPONSE, msgid, error, None])
+            data = self._packer.pack([_frames.RESPONSE, msgid, error, None])
         return data, []
 
     def _log(self, method: str, exc: Exception, what: str) -> None:

@@ -16,35 +16,27 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import (
-    _decoder,
-    _external,
-    _largebytes,
-    _remote_log,
-    _roots,
-    _sealed_imports,
-    _sealed_stdio,
-    _stdio,
-    _traceback,
-    _wire,
-)
-from ._channel import Channel
-from ._connection import Connection
-from ._context import SafetyContext
-from ._fd import closing_in_compartment
-from ._isolate import Isolate
-from ._landlock import enter_private_domain
-from ._privileges import drop_capabilities, set_no_new_privs
-from ._rules import ruleset_from_data
-from ._server import Server
-from ._wire import Fd, PeerRef
-from .errors import CallTimeout, LandlockError, ProtocolError, UnsupportedError
-from .rulesets.runtime import (
+from .._isolation._isolate import Isolate
+from .._parent import _remote_log
+from .._policy import _roots
+from .._policy._context import SafetyContext
+from .._policy._landlock import enter_private_domain
+from .._policy._rules import ruleset_from_data
+from .._privileges import drop_capabilities, set_no_new_privs
+from .._wire import _decoder, _frames, _largebytes, _traceback
+from .._wire._channel import Channel
+from .._wire._connection import Connection
+from .._wire._fd import closing_in_compartment
+from .._wire._frames import Fd, PeerRef
+from ..errors import CallTimeout, LandlockError, ProtocolError, UnsupportedError
+from ..rulesets.runtime import (
     CHANNEL_FD_BASE,
     CHANNEL_FD_LIMIT,
     IMPORT_FD_LIMIT,
     compartment_runtime,
 )
+from . import _external, _sealed_imports, _sealed_stdio, _stdio
+from ._server import Server
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
 
@@ -160,7 +152,7 @@ class PeerProxy:
     def __init__(
         self,
         peer: PeerRef,
-        max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+        max_message: int = _frames.DEFAULT_MAX_MESSAGE,
         timeout: float | None = None,
     ) -> None:
         self._name = peer.name
@@ -177,7 +169,7 @@ class PeerProxy:
         def call(*args: Any, **kwargs: Any) -> Any:
             sent, named, _ = _largebytes.offload(args, kwargs, memfds=False)
             # The peer decodes us as hostile: refuse here what would make it drop the line.
-            _wire.check_keys_from_compartment(
+            _frames.check_keys_from_compartment(
                 [sent, named], f"call `{method}` to peer `{self._name}`", "params"
             )
             try:
@@ -293,7 +285,7 @@ def sealing_context(rules: Iterable[Any], pid: int) -> SafetyContext:
         ctx.enable(ruleset)
         enabled = True
     if not enabled:
-        from .rulesets import SystemIO
+        from ..rulesets import SystemIO
 
         ctx.enable(SystemIO.nothing())
     for runtime in compartment_runtime(pid):
@@ -309,7 +301,7 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
     _stdio.forward_stdio(primary, {fd: ctx._allows("write", (fd, 0, 0, 0, 0, 0)) for fd in (1, 2)})
     if not listener:
         ctx.apply_to_all_threads()
-        primary.send(*_wire.encode_notification("$listener", [None, ""]))
+        primary.send(*_frames.encode_notification("$listener", [None, ""]))
         return
     try:
         listener_fd = ctx.apply_with_listener()
@@ -318,10 +310,10 @@ def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> N
             raise
         ctx.apply_to_all_threads()
         _sealed_imports.not_served(f"no seccomp user notification: {exc}")
-        primary.send(*_wire.encode_notification("$listener", [None, str(exc)]))
+        primary.send(*_frames.encode_notification("$listener", [None, str(exc)]))
         return
     try:
-        primary.send(*_wire.encode_notification("$listener", [Fd(listener_fd), ""]))
+        primary.send(*_frames.encode_notification("$listener", [Fd(listener_fd), ""]))
     finally:
         os.close(listener_fd)
 
@@ -475,13 +467,13 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             drop_capabilities()
             _sealed_stdio.flush()  # setup's output goes out while it still may
             if spec.get("unsealed_for_benchmarks") is True:
-                primary.send(*_wire.encode_notification("$listener", [None, ""]))
+                primary.send(*_frames.encode_notification("$listener", [None, ""]))
             else:
                 _seal(compartment.rules(), primary, listener=spec.get("listener") is not False)
         except Exception as exc:
             _report_setup_failure(primary, start.msgid, exc)
             _exit(1)
-        primary.send(*_wire.encode_response(start.msgid, None, os.getpid()))
+        primary.send(*_frames.encode_response(start.msgid, None, os.getpid()))
         server = Server(primary, compartment.handle, max_message=compartment.max_message)
         compartment.server = server
         server.serve_forever()
@@ -492,7 +484,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
     _exit(code)
 
 
-def _receive_start(primary: Channel, max_message: int) -> _wire.Request:
+def _receive_start(primary: Channel, max_message: int) -> _frames.Request:
     """The parent's first request, ``$start`` with the constructor's [args, kwargs]: they
     come on our own channel, after the fork, so no zygote ever held them."""
     decoder = _decoder.FrameDecoder(max_message=max_message, name="parent", from_parent=True)
@@ -501,7 +493,7 @@ def _receive_start(primary: Channel, max_message: int) -> _wire.Request:
         if message is None:
             continue
         if (
-            type(message) is not _wire.Request
+            type(message) is not _frames.Request
             or message.method != "$start"
             or decoder.next_message() is not None
             or not decoder.between_frames
@@ -513,7 +505,7 @@ def _receive_start(primary: Channel, max_message: int) -> _wire.Request:
 
 def _report_setup_failure(primary: Channel, msgid: int, exc: BaseException) -> None:
     """Answer the parent's ``$start`` with the setup error, then stop."""
-    data, fds = _wire.encode_response(msgid, _wire.encode_error(exc), None)
+    data, fds = _frames.encode_response(msgid, _frames.encode_error(exc), None)
     primary.send(data, fds)
 
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 
-from . import _roots
+from .._policy import _roots
 
 __all__ = ["configure", "not_served", "preload_codecs", "prepare"]
 

@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
-from . import _wire
-from ._channel import Channel, frame_parts
-from ._decoder import FrameDecoder
-from ._wire import FrameBytes, Request
-from .errors import ProtocolError
+from .._wire import _frames
+from .._wire._channel import Channel, frame_parts
+from .._wire._decoder import FrameDecoder
+from .._wire._frames import FrameBytes, Request
+from ..errors import ProtocolError
 
 __all__ = ["PEER_DRAIN_TIMEOUT", "PEER_TURN", "Server"]
 
@@ -263,7 +263,9 @@ class Server:
         if not self._serve_one_read(self.primary, nonblocking=True):
             self._parent_gone = True  # serve_forever returns at its next step
 
-    def _reply(self, channel: Channel, request: Request) -> tuple[Any, _wire.FrameBytes, list[int]]:
+    def _reply(
+        self, channel: Channel, request: Request
+    ) -> tuple[Any, _frames.FrameBytes, list[int]]:
         """The result (which owns any fds until they are sent) and the encoded reply (empty
         for a served client's notification)."""
         result: Any = None
@@ -271,14 +273,14 @@ class Server:
         try:
             result = self._handler(request.method, request.params, channel)
             if encoder is None:
-                data, fds = _wire.encode_response(
+                data, fds = _frames.encode_response(
                     request.msgid, None, result, method=request.method
                 )
             else:
                 data, fds = encoder(request.msgid, None, result, request.method)
         except Exception as exc:  # the caller gets it as data; SystemExit ends the process
             if encoder is None:
-                data, fds = _wire.encode_response(request.msgid, _wire.encode_error(exc), None)
+                data, fds = _frames.encode_response(request.msgid, _frames.encode_error(exc), None)
             else:
                 data, fds = encoder(request.msgid, exc, None, request.method)
         return result, data, fds

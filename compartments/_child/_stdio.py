@@ -23,11 +23,11 @@ import threading
 import time
 from typing import Any
 
-from ._channel import Channel
-from ._output import BYTES_PER_SECOND
-from ._text import printable
-from ._wire import encode_notification
-from .errors import ProtocolError
+from .._parent._output import BYTES_PER_SECOND
+from .._text import printable
+from .._wire._channel import Channel
+from .._wire._frames import encode_notification
+from ..errors import ProtocolError
 
 __all__ = ["MAX_CHUNK", "METHOD", "ChannelStream", "forward_stdio", "receive"]
 

@@ -12,7 +12,7 @@ module-level state and caches, and the spawn requests of their earlier siblings 
 rules, isolate settings: configuration the parent chose, never arguments). They share
 nothing they *received*: constructor arguments and calls travel on each compartment's
 own channel, after the fork, so no zygote ever decodes them. All Pool workers are
-compartments of ``compartments._pool``: they share only that, and import the modules
+compartments of ``compartments._parent._pool``: they share only that, and import the modules
 they were told to preload after the fork, each for itself.
 
 The zygotes follow the parent *process*, not the thread that happened to start them
@@ -38,8 +38,8 @@ import sys
 from types import ModuleType
 from typing import Any, NoReturn
 
-from ._channel import Channel
-from ._fd import Fd
+from .._wire._channel import Channel
+from .._wire._fd import Fd
 from ._server import Server
 
 MAIN_ALIAS = "__mp_main__"
@@ -125,7 +125,7 @@ def _adopt_stdio(stdout: Fd, stderr: Fd) -> None:
 
 
 def _spawn(params: list[Any], _channel: object) -> int:
-    from . import _child
+    from . import _run
 
     (spec,) = params
     if not isinstance(spec, dict):
@@ -138,13 +138,13 @@ def _spawn(params: list[Any], _channel: object) -> int:
     except ImportTimeCall:
         raise RuntimeError(IMPORT_TIME_CALL) from None
     # Read the sources tracebacks show once here, not in every child's spawn path.
-    _child.warm_sources(loaded)
+    _run.warm_sources(loaded)
     _flush_stdio()
     zygote_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _child.run(spec, zygote_pid)  # never returns
-    _child.close_spec_fds(spec)
+        _run.run(spec, zygote_pid)  # never returns
+    _run.close_spec_fds(spec)
     _spawned.add(pid)
     return pid
 
@@ -270,14 +270,15 @@ def main() -> None:
 
     import encodings.idna  # noqa: F401 - sockets look it up lazily: spare the broker
 
-    from . import _child, _roots, _sealed_imports
+    from .._policy import _roots
+    from . import _run, _sealed_imports
 
     served, reason = config.get("imports", (False, "not told"))
     _sealed_imports.configure(bool(served), str(reason))
     _roots.warm()
     # Warm what every seal builds (the base and runtime RuleSets, syscall numbers), so
     # that a fresh fork does not build it again on its spawn path.
-    _child.sealing_context([], os.getpid())._build(tsync=True)
+    _run.sealing_context([], os.getpid())._build(tsync=True)
 
     _serve(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=control_fd), "zygote")
     os._exit(0)

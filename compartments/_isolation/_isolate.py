@@ -55,6 +55,8 @@ from typing import NoReturn, cast
 
 import msgpack
 
+from .._privileges import drop_capabilities, set_no_new_privs
+from ..errors import CompartmentsError, UnsupportedError
 from ._namespaces import (
     Bind,
     Plan,
@@ -69,8 +71,6 @@ from ._namespaces import (
     unshare_namespaces,
     write_id_maps,
 )
-from ._privileges import drop_capabilities, set_no_new_privs
-from .errors import CompartmentsError, UnsupportedError
 
 __all__ = ["Bind", "Isolate", "IsolateResult", "IsolateSetupError", "runtime_binds"]
 

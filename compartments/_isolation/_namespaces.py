@@ -21,7 +21,7 @@ import stat
 import sys
 from dataclasses import dataclass
 
-from .errors import UnsupportedError
+from ..errors import UnsupportedError
 
 __all__ = [
     "Bind",

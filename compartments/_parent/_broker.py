@@ -49,9 +49,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _installer, _roots, _seccomp
+from .._policy import _roots, _seccomp
+from ..rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
+from . import _installer
 from ._memory import TaskMemory
-from .rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
 
 __all__ = ["Request", "mode", "parse", "serve"]
 

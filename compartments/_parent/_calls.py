@@ -16,9 +16,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ._connection import Connection, _Slot
+from .._wire._connection import Connection, _Slot
+from ..errors import CallTimeout, CompartmentClosed
 from ._supervised import Remote, Supervised, _broker_peers
-from .errors import CallTimeout, CompartmentClosed
 
 __all__ = ["call_async", "submit"]
 

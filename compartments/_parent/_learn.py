@@ -23,15 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._text import printable
-from ._violations import (
-    Grant,
-    Violation,
-    builtin_grants,
-    grants_allowing,
-    raw_advice_widens,
-)
-from .errors import RuleConflictError
+from .._text import printable
+from ..errors import RuleConflictError
+from ._violations import Grant, Violation, builtin_grants, grants_allowing, raw_advice_widens
 
 __all__ = ["LearnedPolicy", "learn_everything", "learn_policy", "learning_everything"]
 
@@ -118,7 +112,7 @@ def _cover(calls: Sequence[_Call]) -> list[Grant]:
 def _without_conflicts(chosen: list[Grant], calls: Sequence[_Call]) -> list[Grant]:
     """Drop a grant whose conditional rule clashes with another's simple rule, when the
     simple one already covers everything the dropped grant was chosen for."""
-    from ._context import SafetyContext
+    from .._policy._context import SafetyContext
 
     for _ in range(len(chosen)):
         context = SafetyContext()

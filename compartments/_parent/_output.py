@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import TextIO
 
-from ._text import printable
+from .._text import printable
 
 __all__ = [
     "BYTES_PER_SECOND",

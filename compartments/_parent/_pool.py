@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from . import _wire
-from ._checks import check_static_rules
+from .._policy._checks import check_static_rules
+from .._wire import _frames
 from ._proxy import CompartmentFunction
 from ._supervised import SPENT_GRACE, Definition, RestartPolicy, Supervised
 
@@ -102,13 +102,13 @@ class _PoolWorker:
     """What each Pool worker runs: any preloaded module-level function, by name."""
 
     def __init__(self, preload: list[str]) -> None:
-        from ._zygote import import_target_module
+        from .._child._zygote import import_target_module
 
         for module in preload:
             import_target_module(module)
 
     def run(self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        from ._zygote import MAIN_ALIAS
+        from .._child._zygote import MAIN_ALIAS
 
         loaded = sys.modules.get(MAIN_ALIAS if module == "__main__" else module)
         if loaded is None:
@@ -151,7 +151,7 @@ class Pool(concurrent.futures.Executor):
         *,
         preload: Iterable[str] = (),
         timeout: float | None = None,
-        max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+        max_message: int = _frames.DEFAULT_MAX_MESSAGE,
         name: str = "Pool",
         max_tasks_per_child: int | None = None,
     ) -> None:

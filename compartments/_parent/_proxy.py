@@ -12,9 +12,10 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import _calls, _wire
-from ._checks import check_rules, check_target
-from ._isolate import Isolate
+from .._isolation._isolate import Isolate
+from .._policy._checks import check_rules, check_target
+from .._wire import _frames
+from . import _calls
 from ._learn import LearnedPolicy, learning_everything
 from ._supervised import (
     SPENT_GRACE,
@@ -420,7 +421,7 @@ def compartment(
     restart: RestartSpec = "never",
     setup: Callable[[], object] | None = None,
     fresh: bool = False,
-    max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+    max_message: int = _frames.DEFAULT_MAX_MESSAGE,
     learn: bool = False,
     workers: int = 1,
     report_violations: bool = True,
@@ -438,7 +439,7 @@ def compartment(
     restart: RestartSpec = "never",
     setup: Callable[[], object] | None = None,
     fresh: bool = False,
-    max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+    max_message: int = _frames.DEFAULT_MAX_MESSAGE,
     learn: bool = False,
     workers: int = 1,
     report_violations: bool = True,

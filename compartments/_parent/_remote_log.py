@@ -34,10 +34,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import _wire
-from ._channel import Channel
-from ._text import printable, printable_lines
-from .errors import ProtocolError
+from .._text import printable, printable_lines
+from .._wire import _frames
+from .._wire._channel import Channel
+from ..errors import ProtocolError
 
 __all__ = [
     "BURST",
@@ -171,7 +171,7 @@ class ForwardingHandler(logging.Handler):
     def _send(self, fields: list[Any]) -> None:
         if not self.live:
             return
-        data, _ = _wire.encode_notification(METHOD, fields)
+        data, _ = _frames.encode_notification(METHOD, fields)
         frame = data if isinstance(data, bytes) else b"".join(data)
         try:
             sent = self._channel.send_if_room(frame, 0.0 if self._congested else _LOCK_WAIT)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .._policy._rules import ruleset_to_data
 from ._proxy import compartment
-from ._rules import ruleset_to_data
 
 __all__ = ["RulesOf"]
 

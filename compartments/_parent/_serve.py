@@ -30,10 +30,10 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from ._fd import Fd
+from .._text import printable
+from .._wire._fd import Fd
+from ..errors import CompartmentClosed, CompartmentCrashed, CompartmentsError
 from ._supervised import Remote, Supervised
-from ._text import printable
-from .errors import CompartmentClosed, CompartmentCrashed, CompartmentsError
 
 __all__ = ["ATTACH_TIMEOUT", "DEFAULT_MAX_CLIENTS", "MAX_CLIENTS_LIMIT", "Served", "serve"]
 

@@ -14,15 +14,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from . import _largebytes, _output, _remote_log, _stdio, _wire
-from ._channel import stream_socketpair
-from ._connection import Connection
+from .._child import _stdio
+from .._policy._rules import ruleset_to_data
+from .._wire import _frames, _largebytes
+from .._wire._channel import stream_socketpair
+from .._wire._connection import Connection
+from .._wire._frames import Fd, PeerRef, RemoteTraceback
+from ..errors import CallTimeout, CompartmentClosed, CompartmentCrashed
+from . import _output, _remote_log
 from ._learn import BANNER, LearnedPolicy, learn_policy
-from ._rules import ruleset_to_data
 from ._supervisor import START_TIMEOUT, ChildProcess, new_connection, zygote_for
 from ._violations import ViolationLog, log
-from ._wire import Fd, PeerRef, RemoteTraceback
-from .errors import CallTimeout, CompartmentClosed, CompartmentCrashed
 
 __all__ = [
     "GRACE_PERIOD",
@@ -394,7 +396,7 @@ def _check_arguments(
     peers_ok = [v if not isinstance(v, Remote) else None for v in values]
     shown = "__init__" if method == "__init__" else method
     label = definition.name if method == "__call__" else f"{definition.name}.{shown}"
-    _wire.encode_request(0, label, peers_ok, names=labels)
+    _frames.encode_request(0, label, peers_ok, names=labels)
 
 
 def _broker_peers(

@@ -21,13 +21,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _broker, _output, _seccomp
-from ._channel import Channel
-from ._checks import import_time_call_message, main_path
-from ._connection import Connection
-from ._fd import Fd
-from ._zygote import IMPORT_TIME_CALL, ImportTimeCall, importing, module_key
-from .errors import BootstrapError, CompartmentCrashed, ProtocolError
+from .._child._zygote import IMPORT_TIME_CALL, ImportTimeCall, importing, module_key
+from .._policy import _seccomp
+from .._policy._checks import import_time_call_message, main_path
+from .._wire._channel import Channel
+from .._wire._connection import Connection
+from .._wire._fd import Fd
+from ..errors import BootstrapError, CompartmentCrashed, ProtocolError
+from . import _broker, _output
 
 __all__ = [
     "ChildProcess",
@@ -46,7 +47,7 @@ ENV_ALLOWLIST = frozenset(
 START_TIMEOUT = 30.0
 _BOOT = (
     "import sys, json; sys.path[:0] = json.loads(sys.argv[2])['path']; "
-    "from compartments._zygote import main; main()"
+    "from compartments._child._zygote import main; main()"
 )
 
 

@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _broker, _roots, _seccomp
+from .._policy import _roots, _seccomp
+from .._policy._rules import SeccompRule
+from .._text import printable
+from . import _broker
 from ._memory import TaskMemory as _Memory
-from ._rules import SeccompRule
-from ._text import printable
 
 __all__ = ["Grant", "Violation", "ViolationLog", "ViolationMonitor", "grants_allowing", "monitor"]
 
@@ -246,8 +247,8 @@ class Grant:
 @functools.lru_cache(maxsize=1)
 def builtin_grants() -> tuple[Grant, ...]:
     """Every argument-free ``allow_*`` method of the builtin RuleSets, read from the code."""
-    from . import rulesets
-    from .rulesets import YesReally
+    from .. import rulesets
+    from ..rulesets import YesReally
 
     found = []
     for cls in (rulesets.SystemIO, rulesets.Networking, rulesets.Time, rulesets.Pipes,
@@ -401,8 +402,8 @@ def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, t
 @functools.lru_cache(maxsize=1)
 def _base_conditioned() -> dict[str, str]:
     """syscall -> the always-enabled set that allows it only under conditions."""
-    from .rulesets import BasicCapabilities, CPythonRuntime
-    from .rulesets.runtime import ChannelRuntime, SelfSignals, TerminalQuery
+    from ..rulesets import BasicCapabilities, CPythonRuntime
+    from ..rulesets.runtime import ChannelRuntime, SelfSignals, TerminalQuery
 
     found: dict[str, str] = {}
     # Only the syscall names count here, so any pid will do for SelfSignals.
@@ -794,8 +795,8 @@ class ViolationLog:
         connection.translate_error = self.translate
 
     def on_notification(self, method: str, params: list[Any]) -> None:
-        from ._wire import Fd
-        from .errors import ProtocolError
+        from .._wire._frames import Fd
+        from ..errors import ProtocolError
 
         if method != "$listener" or self._listener_seen or len(params) != 2:
             raise ProtocolError(f"`{self.compartment}` sent an unexpected notification")
@@ -832,7 +833,7 @@ class ViolationLog:
         """A PermissionError whose call hit the filter becomes that PolicyViolation."""
         if not isinstance(error, PermissionError) or error.errno != errno.EPERM:
             return error
-        from .errors import PolicyViolation
+        from ..errors import PolicyViolation
 
         with self._lock:
             # Answered in order: violations recorded since the previous reply are this call's.

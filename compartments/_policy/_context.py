@@ -9,11 +9,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import LandlockError, NoRulesEnabledError, RuleConflictError, UnknownSyscallError
 from . import _floor, _landlock, _seccomp
 from ._landlock import LandlockPolicy, PathRule, PortRule, Scope
 from ._rules import RuleSet, SeccompRule, as_ruleset
 from ._seccomp import CompiledRule
-from .errors import LandlockError, NoRulesEnabledError, RuleConflictError, UnknownSyscallError
 
 __all__ = ["COMMON_CODECS", "SafetyContext"]
 
@@ -85,7 +85,7 @@ class SafetyContext:
 
     Every syscall no enabled RuleSet allows fails with EPERM (see :meth:`with_errno`).
     A foreign architecture, x32 numbers included, kills the process. Applying also loads
-    a small floor filter (``compartments._floor``) that refuses terminal injection,
+    a small floor filter (``compartments._policy._floor``) that refuses terminal injection,
     signal-aiming fcntl/ioctl commands and F_SETFL flags other than O_NONBLOCK, whatever
     the RuleSets allow.
 
@@ -102,7 +102,7 @@ class SafetyContext:
     """
 
     def __init__(self) -> None:
-        from .rulesets import BasicCapabilities, CPythonRuntime
+        from ..rulesets import BasicCapabilities, CPythonRuntime
 
         self._grants = _Grants()
         self._enabled: list[str] = []
@@ -182,7 +182,7 @@ class SafetyContext:
         import importlib
 
         if self._codecs == "all":
-            from ._sealed_imports import preload_codecs
+            from .._child._sealed_imports import preload_codecs
 
             preload_codecs()
         wanted = [*(COMMON_CODECS if self._codecs == "common" else ()), *self._preload]
@@ -292,7 +292,7 @@ class SafetyContext:
 
     def export_pfc(self) -> str:
         """libseccomp's pseudo-filter code for this policy, as text (the floor filter
-        loaded beside it is ``compartments._floor``, the same for every policy)."""
+        loaded beside it is ``compartments._policy._floor``, the same for every policy)."""
         return _seccomp.export_pfc(self._build(tsync=False))
 
     def export_bpf(self) -> bytes:

@@ -20,11 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._text import printable
 from . import _floor
 from ._landlock import PathRule, PortRule, right_names
 from ._rules import SeccompRule
 from ._seccomp import MASKED_EQ, OPERATORS, Comparison
-from ._text import printable
 
 if TYPE_CHECKING:
     from ._context import SafetyContext

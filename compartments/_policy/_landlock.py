@@ -37,8 +37,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from . import _privileges
-from .errors import LandlockError, UnsupportedError
+from .. import _privileges
+from ..errors import LandlockError, UnsupportedError
 
 __all__ = [
     "ACCESS_FS_EXECUTE",

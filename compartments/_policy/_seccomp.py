@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from ._privileges import set_no_new_privs
-from .errors import UnknownSyscallError, UnsupportedError
+from .._privileges import set_no_new_privs
+from ..errors import UnknownSyscallError, UnsupportedError
 
 __all__ = [
     "Comparison",

@@ -14,7 +14,7 @@ import builtins
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._text import printable
+from .._text import printable
 
 __all__ = ["MAX_MESSAGE_CHARS", "rebuild"]
 

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import ProtocolError
 from ._decoder import FrameDecoder
 from ._fd import close_received
-from ._wire import DEFAULT_MAX_MESSAGE, MAX_FDS_PER_FRAME, FrameBytes
-from .errors import ProtocolError
+from ._frames import DEFAULT_MAX_MESSAGE, MAX_FDS_PER_FRAME, FrameBytes
 
 __all__ = [
     "CHANNEL_SYSCALLS",

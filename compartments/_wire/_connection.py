@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import _wire
+from ..errors import CallTimeout, ProtocolError
+from . import _frames
 from ._channel import Channel
 from ._decoder import FrameDecoder
-from ._wire import Notification, Request, Response
-from .errors import CallTimeout, ProtocolError
+from ._frames import Notification, Request, Response
 
 __all__ = ["Connection"]
 
@@ -88,7 +88,7 @@ class Connection:
         name: str,
         on_notification: NotificationHandler | None = None,
         explain_failure: FailureExplainer | None = None,
-        max_message: int = _wire.DEFAULT_MAX_MESSAGE,
+        max_message: int = _frames.DEFAULT_MAX_MESSAGE,
         kernel_timeouts: bool = True,
     ) -> None:
         self.channel = channel
@@ -224,9 +224,9 @@ class Connection:
         event loop, which must not wait at all; a thread finishes a frame that does not
         fit now, and a failure reaches the call through its slot.
         """
-        msgid = next(self._ids) & _wire.MAX_MSGID
-        data, fds = _wire.encode_request(msgid, method, params, names=names)
-        size = len(data) if type(data) is bytes else _wire.frame_size(data)
+        msgid = next(self._ids) & _frames.MAX_MSGID
+        data, fds = _frames.encode_request(msgid, method, params, names=names)
+        size = len(data) if type(data) is bytes else _frames.frame_size(data)
         if size > self.max_message:
             raise ValueError(
                 f"call `{method}` to `{self.name}` is a {size}-byte frame, over the "
@@ -630,7 +630,7 @@ class Connection:
         poller.register(self.channel.fileno(), select.POLLIN)
         return bool(poller.poll(remaining * 1000))
 
-    def _dispatch(self, message: _wire.Message) -> None:
+    def _dispatch(self, message: _frames.Message) -> None:
         if isinstance(message, Response):
             self._complete(message)
         elif isinstance(message, Notification):
@@ -662,7 +662,7 @@ class Connection:
                 self._cond.notify_all()
 
     def _remote_error(self, payload: dict[Any, Any]) -> BaseException:
-        error = _wire.decode_error(payload, self.name)
+        error = _frames.decode_error(payload, self.name)
         return error if self.translate_error is None else self.translate_error(error)
 
     # -- failing ---------------------------------------------------------------------

@@ -16,10 +16,10 @@ from typing import Any, NoReturn
 
 import msgpack
 
+from ..errors import ProtocolError
 from . import _largebytes
 from ._fd import MAX_NAME_LENGTH, Fd, PeerRef, close_received
-from ._remote_errors import a_type
-from ._wire import (
+from ._frames import (
     _FD_INDEX,
     _TRAILING,
     DEFAULT_MAX_MESSAGE,
@@ -39,7 +39,7 @@ from ._wire import (
     Request,
     Response,
 )
-from .errors import ProtocolError
+from ._remote_errors import a_type
 
 __all__ = ["MAX_PENDING_FDS", "FrameDecoder"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+from .._text import printable, printable_lines
+from ..errors import ProtocolError, RemoteError
 from ._builtin_errors import MAX_MESSAGE_CHARS, rebuild
-from ._text import printable, printable_lines
 from ._traceback import format_exception
-from .errors import ProtocolError, RemoteError
 
 __all__ = ["MAX_TRACEBACK_CHARS", "RemoteTraceback", "decode_error", "encode_error"]
 

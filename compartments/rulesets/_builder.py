@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-from .._rules import SeccompRule
-from .._seccomp import syscall_exists
+from .._policy._rules import SeccompRule
+from .._policy._seccomp import syscall_exists
 
 __all__ = ["BuilderRuleSet", "BuiltinRuleSet", "YesReally", "fd_number", "known"]
 

@@ -13,9 +13,9 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-from ._explain import condition_data, rule_text, table
-from ._landlock import PathRule, PortRule, right_names
-from ._rules import SeccompRule
+from .._policy._explain import condition_data, rule_text, table
+from .._policy._landlock import PathRule, PortRule, right_names
+from .._policy._rules import SeccompRule
 
 __all__ = ["catalog", "catalog_text"]
 
@@ -25,8 +25,8 @@ _PORT_BASE = 64000
 
 
 def _classes() -> list[tuple[Any, str]]:
-    from . import rulesets
-    from .rulesets.runtime import ChannelRuntime, ImportRootsRuntime
+    from .. import rulesets
+    from .runtime import ChannelRuntime, ImportRootsRuntime
 
     always = "always enabled"
     framework = "the framework's own, added to every compartment"
@@ -68,7 +68,7 @@ def _stand_ins(function: Any) -> tuple[list[Any], dict[int, str], list[str]]:
 
 
 def _entry(cls: Any, method: str, note: str) -> dict[str, Any]:
-    from .rulesets import YesReally
+    from . import YesReally
 
     base = cls.nothing() if hasattr(cls, "nothing") else None
     names: dict[int, str] = {}

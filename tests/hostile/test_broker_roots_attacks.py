@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import roots_attacks as attacks
 
-from compartments import Fd, _roots, _seccomp, _violations
+from compartments import Fd
+from compartments._parent import _violations
+from compartments._policy import _roots, _seccomp
 from compartments.errors import CompartmentCrashed, PolicyViolation
 from compartments.rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
 

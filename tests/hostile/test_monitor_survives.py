@@ -11,7 +11,7 @@ from pathlib import Path
 import monitor_attacks as attacks
 import pytest
 
-from compartments import _violations
+from compartments._parent import _violations
 from compartments.errors import PolicyViolation
 
 #: How long a violation in a healthy compartment may take to come back as PolicyViolation.
