@@ -4,6 +4,24 @@ Each compartment is a subprocess sealed by its own default-deny seccomp filter, 
 from named RuleSets, and called by msgpack-RPC over a unix socketpair.
 """
 
+# Layout, top to bottom; each layer imports only the ones below it (the import-linter
+# contracts in pyproject.toml, run by `make lint`, keep it so, and forbid import cycles):
+#
+#   __main__.py    the CLI: check, inspect, rulesets, learn
+#   _parent/       the parent's runtime: supervisor and zygote processes, one supervised
+#                  compartment, proxies and calls, Pool, serve(), learn mode, violation
+#                  reports and the broker, and the relay of the children's output and logs
+#   _child/        the compartment's runtime: zygotes, the setup -> seal -> serve loop, the
+#                  server, external clients' lines, sealed imports and stdio, log forwarding
+#   _isolation/    namespaces and the Isolate built from them
+#   rulesets/      the builtin RuleSets (public)
+#   _policy/       the policy language: RuleSet, SafetyContext, the base set, seccomp and
+#                  Landlock bindings, the floor filter, checks and explanations
+#   _wire/         msgpack-RPC frames, the bounded decoder, channels, fds, large payloads,
+#                  errors and tracebacks as data, and the calling end of a channel
+#   errors.py, _privileges.py, _text.py
+#                  the exception tree, no_new_privs and capabilities, and text escaping
+
 from __future__ import annotations
 
 from . import errors

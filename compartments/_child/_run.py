@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from .._isolation._isolate import Isolate
-from .._parent import _remote_log
 from .._policy import _roots
 from .._policy._context import SafetyContext
 from .._policy._landlock import enter_private_domain
@@ -29,14 +28,16 @@ from .._wire._connection import Connection
 from .._wire._fd import closing_in_compartment
 from .._wire._frames import Fd, PeerRef
 from ..errors import CallTimeout, LandlockError, ProtocolError, UnsupportedError
+from ..rulesets import SystemIO
 from ..rulesets.runtime import (
     CHANNEL_FD_BASE,
     CHANNEL_FD_LIMIT,
     IMPORT_FD_LIMIT,
     compartment_runtime,
 )
-from . import _external, _sealed_imports, _sealed_stdio, _stdio
+from . import _external, _log_forward, _sealed_imports, _sealed_stdio, _stdio
 from ._server import Server
+from ._target import import_target_module
 
 __all__ = ["PeerProxy", "close_spec_fds", "run"]
 
@@ -250,8 +251,6 @@ def _close_all_but(keep: set[int]) -> None:
 
 
 def _resolve(spec: dict[str, Any]) -> Any:
-    from ._zygote import import_target_module
-
     target: Any = import_target_module(str(spec["module"]))
     for part in str(spec["qualname"]).split("."):
         target = getattr(target, part)
@@ -265,10 +264,8 @@ def _warm_sources(target: Any) -> None:
 def warm_sources(module: Any) -> None:
     """Cache the sources of ``module`` and the framework for tracebacks after the seal
     (the zygote does it before forking, so a compartment mostly finds them cached)."""
-    import compartments
-
-    modules = [module, compartments]
-    modules += [m for name, m in sys.modules.items() if name.startswith("compartments.")]
+    modules = [module]  # the framework's modules are loaded by now: we are running in them
+    modules += [m for name, m in sys.modules.items() if name.partition(".")[0] == "compartments"]
     _traceback.warm_linecache([m for m in modules if m is not None])
 
 
@@ -285,8 +282,6 @@ def sealing_context(rules: Iterable[Any], pid: int) -> SafetyContext:
         ctx.enable(ruleset)
         enabled = True
     if not enabled:
-        from ..rulesets import SystemIO
-
         ctx.enable(SystemIO.nothing())
     for runtime in compartment_runtime(pid):
         ctx.enable_yielding(runtime)
@@ -369,7 +364,7 @@ class _Compartment:
             return self._call(method, params)
         finally:  # what the call printed goes out now (or is refused, and reported), and
             _sealed_stdio.flush()  # so does the count of log records it dropped
-            _remote_log.flush_drops()
+            _log_forward.flush_drops()
 
     def _call(self, method: str, params: list[Any]) -> Any:
         # _split_params inline: this runs for every call
@@ -449,7 +444,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
         keep = {0, 1, 2, primary.fileno()}
         _close_all_but(keep)
         start = _receive_start(primary, int(spec["max_message"]))
-        _remote_log.forward_records(primary, spec.get("log_level"))
+        _log_forward.forward_records(primary, spec.get("log_level"))
         try:
             args, kwargs = _split_params("$start", start.params)
             keep.update(

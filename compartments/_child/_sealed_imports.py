@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from types import ModuleType
 
 from .._policy import _roots
+from .._policy._imports import preload_codecs
 
-__all__ = ["configure", "not_served", "preload_codecs", "prepare"]
+__all__ = ["configure", "not_served", "prepare"]
 
 
 _FIX = (
@@ -100,18 +101,6 @@ def configure(served: bool, reason: str) -> None:
     _not_served = "" if served else reason or "unknown"
     if not served:
         preload_codecs()
-
-
-def preload_codecs() -> None:
-    """Import every stdlib codec (about 150 ms, once per zygote)."""
-    import encodings
-    import pkgutil
-
-    for module in pkgutil.iter_modules(encodings.__path__):
-        try:
-            importlib.import_module(f"encodings.{module.name}")
-        except ImportError:  # mbcs and oem exist on Windows only
-            continue
 
 
 def prepare(*, listener: bool = True, granted: Iterable[str] = ()) -> list[str]:

@@ -23,15 +23,17 @@ import threading
 import time
 from typing import Any
 
-from .._parent._output import BYTES_PER_SECOND
 from .._text import printable
 from .._wire._channel import Channel
 from .._wire._frames import encode_notification
 from ..errors import ProtocolError
 
-__all__ = ["MAX_CHUNK", "METHOD", "ChannelStream", "forward_stdio", "receive"]
+__all__ = ["BYTES_PER_SECOND", "MAX_CHUNK", "METHOD", "ChannelStream", "forward_stdio", "receive"]
 
 METHOD = "$out"
+#: What one compartment may print per second, stdout and stderr together (the parent's
+#: relay, ``_parent._output``, holds its pipes to the same budget).
+BYTES_PER_SECOND = 256 * 1024
 #: The most text one notification carries (bytes); longer writes go in several.
 MAX_CHUNK = 16 * 1024
 _MAX_DROPPED = 1 << 48

@@ -27,22 +27,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import json
 import os
-import runpy
 import select
 import signal
 import socket
 import sys
-from types import ModuleType
 from typing import Any, NoReturn
 
 from .._wire._channel import Channel
 from .._wire._fd import Fd
+from . import _run, _target
 from ._server import Server
+from ._target import IMPORT_TIME_CALL, ImportTimeCall, import_target_module, module_key
 
-MAIN_ALIAS = "__mp_main__"
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -50,7 +48,6 @@ PR_SET_CHILD_SUBREAPER = 36
 #: its back, since the zombie keeps the pid (and the parent's pidfd) meaning that process.
 _spawned: set[int] = set()
 
-_main_path: str | None = None
 #: The module this process forks compartments of; None in the base zygote.
 _module: str | None = None
 #: Readable once the parent process has exited (a pidfd); inherited by module zygotes.
@@ -58,56 +55,8 @@ _parent_watch = -1
 _max_message = 0
 
 
-class ImportTimeCall(RuntimeError):
-    """Raised in a zygote by a compartment started while its module is imported."""
-
-
-def module_key(module: str) -> str:
-    """The name a target module's zygote goes by: ``__main__`` under either alias."""
-    return "__main__" if module == MAIN_ALIAS else module
-
-
 def _prctl(option: int, value: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-
-
-#: The target module this zygote is importing right now: no compartment may start then.
-_importing: str | None = None
-
-#: What a zygote answers a spawn whose module's import started a compartment; the parent
-#: replaces it with a message of its own saying what to do.
-IMPORT_TIME_CALL = "a compartment was started while its module was being imported"
-
-
-def importing() -> str | None:
-    """The module this process (a zygote) is importing to fork its compartments, if any:
-    a compartment started now would start a zygote that imports it again."""
-    return _importing
-
-
-def import_target_module(module: str) -> ModuleType:
-    """The module a target lives in, imported with compartment starts refused."""
-    global _importing
-    outer, _importing = _importing, module
-    try:
-        return _import(module)
-    finally:
-        _importing = outer
-
-
-def _import(module: str) -> ModuleType:
-    """The parent's ``__main__`` is re-run as a module."""
-    if module in ("__main__", MAIN_ALIAS):
-        loaded = sys.modules.get(MAIN_ALIAS)
-        if loaded is None:
-            if _main_path is None:
-                raise ImportError("the parent's __main__ has no file to import from")
-            namespace = runpy.run_path(_main_path, run_name=MAIN_ALIAS)
-            loaded = ModuleType(MAIN_ALIAS)
-            loaded.__dict__.update(namespace)
-            sys.modules[MAIN_ALIAS] = loaded
-        return loaded
-    return importlib.import_module(module)
 
 
 def _flush_stdio() -> None:
@@ -125,8 +74,6 @@ def _adopt_stdio(stdout: Fd, stderr: Fd) -> None:
 
 
 def _spawn(params: list[Any], _channel: object) -> int:
-    from . import _run
-
     (spec,) = params
     if not isinstance(spec, dict):
         raise TypeError("spawn takes one spec mapping")
@@ -256,10 +203,10 @@ def _serve(sock: socket.socket, name: str) -> None:
 
 
 def main() -> None:
-    global _main_path, _parent_watch, _max_message
+    global _parent_watch, _max_message
     control_fd = int(sys.argv[1])
     config = json.loads(sys.argv[2])
-    _main_path = config.get("main_path")
+    _target.set_main_path(config.get("main_path"))
     _max_message = int(config["max_message"])
     # A pidfd, not PDEATHSIG: that fires when the parent *thread* that forked us exits.
     _parent_watch = os.pidfd_open(int(config["parent_pid"]))
@@ -271,7 +218,7 @@ def main() -> None:
     import encodings.idna  # noqa: F401 - sockets look it up lazily: spare the broker
 
     from .._policy import _roots
-    from . import _run, _sealed_imports
+    from . import _sealed_imports
 
     served, reason = config.get("imports", (False, "not told"))
     _sealed_imports.configure(bool(served), str(reason))

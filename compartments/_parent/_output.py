@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import TextIO
 
+from .._child._stdio import BYTES_PER_SECOND
 from .._text import printable
 
 __all__ = [
@@ -41,9 +42,9 @@ __all__ = [
 
 #: The longest line relayed whole, in bytes; the rest of it is counted, not shown.
 LINE_CAP = 4096
-#: What one compartment may print per second (stdout and stderr together): bytes, and
-#: lines, since each relayed line costs the parent a little work of its own.
-BYTES_PER_SECOND = 256 * 1024
+#: What one compartment may print per second (stdout and stderr together): bytes (the
+#: budget its ``$out`` stream keeps too), and lines, since each relayed line costs the
+#: parent a little work of its own.
 LINES_PER_SECOND = 2000
 #: While over its budget, a compartment's pipes are drained (and dropped) this seldom.
 DROP_INTERVAL = 0.02

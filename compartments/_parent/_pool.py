@@ -10,106 +10,30 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import queue
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from .._child._target import MAIN_ALIAS, import_target_module
 from .._policy._checks import check_static_rules
 from .._wire import _frames
 from ._proxy import CompartmentFunction
-from ._supervised import SPENT_GRACE, Definition, RestartPolicy, Supervised
+from ._supervised import Definition
+from ._workers import REPLACE_CRASHED, WorkerSet, checked_max_tasks
 
-__all__ = ["Pool", "WorkerSet"]
+__all__ = ["Pool"]
 
 T = TypeVar("T")
-
-#: Workers replace themselves after a crash, however often: only that call fails.
-REPLACE_CRASHED = RestartPolicy(max_restarts=sys.maxsize, backoff=0.0)
-
-
-class WorkerSet:
-    """N compartments of one definition, each serving one call at a time."""
-
-    def __init__(
-        self,
-        definition: Definition,
-        workers: int,
-        args: Sequence[Any] = (),
-        *,
-        max_tasks_per_child: int | None = None,
-    ) -> None:
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
-        self.definition = definition
-        self._args = list(args)
-        self._max_tasks = _checked_max_tasks(max_tasks_per_child)
-        self._workers = [Supervised(definition, args, {}) for _ in range(workers)]
-        self._tasks = [0] * workers
-        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for index in range(workers):
-            self._free.put(index)
-
-    def __len__(self) -> int:
-        return len(self._workers)
-
-    def start(self) -> None:
-        for worker in self._workers:
-            worker.connection()
-
-    def call(
-        self, method: str, args: Sequence[Any], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any:
-        index = self._free.get()
-        try:
-            return self._workers[index].call(method, args, kwargs, timeout)
-        finally:
-            self._retire_if_spent(index)
-            self._free.put(index)
-
-    def _retire_if_spent(self, index: int) -> None:
-        """Replace a worker that has served its ``max_tasks_per_child`` tasks: a compromised
-        worker then never sees a later caller's task."""
-        if self._max_tasks is None:
-            return
-        self._tasks[index] += 1
-        if self._tasks[index] < self._max_tasks:
-            return
-        spent = self._workers[index]
-        self._workers[index] = Supervised(self.definition, self._args, {})
-        self._tasks[index] = 0
-        spent.close(SPENT_GRACE)
-
-    @property
-    def pids(self) -> list[int | None]:
-        return [worker.pid for worker in self._workers]
-
-    def close(self) -> None:
-        for worker in self._workers:
-            worker.close()
-
-
-def _checked_max_tasks(value: object) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"max_tasks_per_child must be a positive int or None, got {value!r}")
-    return value
-
 
 class _PoolWorker:
     """What each Pool worker runs: any preloaded module-level function, by name."""
 
     def __init__(self, preload: list[str]) -> None:
-        from .._child._zygote import import_target_module
-
         for module in preload:
             import_target_module(module)
 
     def run(self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        from .._child._zygote import MAIN_ALIAS
-
         loaded = sys.modules.get(MAIN_ALIAS if module == "__main__" else module)
         if loaded is None:
             raise ImportError(f"module `{module}` was not preloaded into this Pool's workers")
@@ -163,7 +87,7 @@ class Pool(concurrent.futures.Executor):
             restart=REPLACE_CRASHED, setup=None, fresh=False, max_message=max_message,
         )  # fmt: skip
         self._count = count
-        self._max_tasks = _checked_max_tasks(max_tasks_per_child)
+        self._max_tasks = checked_max_tasks(max_tasks_per_child)
         self._preload = list(preload)
         self._workers: WorkerSet | None = None
         self._lock = threading.Lock()

@@ -27,6 +27,7 @@ from ._supervised import (
     restart_policy,
 )
 from ._violations import Violation
+from ._workers import REPLACE_CRASHED, WorkerSet
 
 __all__ = ["CompartmentClass", "CompartmentFunction", "Proxy", "RestartPolicy", "compartment"]
 
@@ -105,7 +106,7 @@ class CompartmentFunction(Remote, Generic[P, R]):
         self._owner = owner
         self._lock = threading.Lock()
         self._supervised: Supervised | None = None
-        self._worker_set: Any = None
+        self._worker_set: WorkerSet | None = None
         functools.update_wrapper(self, definition.target)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -137,11 +138,9 @@ class CompartmentFunction(Remote, Generic[P, R]):
             return _background().submit(self._call, "__call__", args, kwargs)
         return _calls.submit(self._supervised_instance(), "__call__", args, kwargs, self._timeout)
 
-    def _workers(self) -> Any:
+    def _workers(self) -> WorkerSet:
         if self._owner is not None:
             return self._owner._workers()
-        from ._pool import REPLACE_CRASHED, WorkerSet
-
         with self._lock:
             if self._worker_set is None:
                 definition = dataclasses.replace(self._definition, restart=REPLACE_CRASHED)

@@ -23,7 +23,7 @@ from .._wire._frames import Fd, PeerRef, RemoteTraceback
 from ..errors import CallTimeout, CompartmentClosed, CompartmentCrashed
 from . import _output, _remote_log
 from ._learn import BANNER, LearnedPolicy, learn_policy
-from ._supervisor import START_TIMEOUT, ChildProcess, new_connection, zygote_for
+from ._supervisor import START_TIMEOUT, ChildProcess, before_stopping, new_connection, zygote_for
 from ._violations import ViolationLog, log
 
 __all__ = [
@@ -458,6 +458,10 @@ os.register_at_fork(after_in_child=_forget_in_child)
 def close_all() -> None:
     for supervised in list(_all_supervised):
         supervised.close()
+
+
+# At exit, every compartment closes before the supervisor kills what is left.
+before_stopping(close_all)
 
 
 class Remote:

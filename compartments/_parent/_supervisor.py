@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._child._zygote import IMPORT_TIME_CALL, ImportTimeCall, importing, module_key
+from .._child._target import IMPORT_TIME_CALL, ImportTimeCall, importing, module_key
 from .._policy import _seccomp
 from .._policy._checks import import_time_call_message, main_path
 from .._wire._channel import Channel
@@ -343,11 +343,20 @@ def new_connection(
     )
 
 
+#: Run first when everything stops: ``_supervised`` closes its compartments here (it
+#: imports this module, so it hands the step in rather than being imported).
+_before_stopping: list[Callable[[], None]] = []
+
+
+def before_stopping(step: Callable[[], None]) -> None:
+    """Run ``step`` at exit before the remaining children are killed."""
+    _before_stopping.append(step)
+
+
 @atexit.register
 def _stop_everything() -> None:
-    from . import _supervised
-
-    _supervised.close_all()
+    for step in _before_stopping:
+        step()
     for child in list(_live_children):
         child.kill("the parent is exiting")
         child.reap(0)

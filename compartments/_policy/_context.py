@@ -11,23 +11,13 @@ from typing import Any, Literal
 
 from ..errors import LandlockError, NoRulesEnabledError, RuleConflictError, UnknownSyscallError
 from . import _floor, _landlock, _seccomp
+from ._base import BasicCapabilities, CPythonRuntime
+from ._imports import COMMON_CODECS, import_preloads
 from ._landlock import LandlockPolicy, PathRule, PortRule, Scope
 from ._rules import RuleSet, SeccompRule, as_ruleset
 from ._seccomp import CompiledRule
 
 __all__ = ["COMMON_CODECS", "SafetyContext"]
-
-#: Imported before a SafetyContext is applied, unless ``preload(codecs="none")``: once
-#: sealed, a thread cannot read the file of a codec it looks up lazily, and these are
-#: the ones the stdlib itself looks up (idna for getaddrinfo and socket.create_connection,
-#: cp437 for zipfile, the escapes for repr-like parsers). About 10 ms, once.
-COMMON_CODECS = (
-    "encodings.idna", "encodings.punycode", "encodings.ascii", "encodings.latin_1",
-    "encodings.utf_8_sig", "encodings.utf_16", "encodings.utf_16_le", "encodings.utf_16_be",
-    "encodings.utf_32", "encodings.utf_32_le", "encodings.utf_32_be", "encodings.cp437",
-    "encodings.cp1252", "encodings.unicode_escape", "encodings.raw_unicode_escape",
-)  # fmt: skip
-
 
 @dataclass
 class _Grants:
@@ -102,8 +92,6 @@ class SafetyContext:
     """
 
     def __init__(self) -> None:
-        from ..rulesets import BasicCapabilities, CPythonRuntime
-
         self._grants = _Grants()
         self._enabled: list[str] = []
         self._errno = errno_module.EPERM
@@ -179,15 +167,7 @@ class SafetyContext:
         return self
 
     def _import_preloads(self) -> None:
-        import importlib
-
-        if self._codecs == "all":
-            from .._child._sealed_imports import preload_codecs
-
-            preload_codecs()
-        wanted = [*(COMMON_CODECS if self._codecs == "common" else ()), *self._preload]
-        for module in wanted:
-            importlib.import_module(module)
+        import_preloads(self._codecs, self._preload)
 
     def _merge(self, ruleset: RuleSet, *, yielding: bool) -> None:
         name = str(ruleset.name)
