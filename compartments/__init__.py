@@ -37,8 +37,8 @@ from ._parent._proxy import (
     compartment,
     control,
 )
+from ._parent._report import Violation
 from ._parent._serve import Served, serve
-from ._parent._violations import Violation
 from ._policy._context import SafetyContext
 from ._policy._landlock import Scope
 from ._policy._rules import Arg, RuleSet, SeccompRule

@@ -25,7 +25,8 @@ from typing import Any
 
 from .._text import printable
 from ..errors import RuleConflictError
-from ._violations import Grant, Violation, builtin_grants, grants_allowing, raw_advice_widens
+from ._advice import Grant, builtin_grants, grants_allowing, raw_advice_widens
+from ._report import Violation
 
 __all__ = ["LearnedPolicy", "learn_everything", "learn_policy", "learning_everything"]
 

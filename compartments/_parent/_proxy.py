@@ -17,6 +17,7 @@ from .._policy._checks import check_rules, check_target
 from .._wire import _frames
 from . import _calls
 from ._learn import LearnedPolicy, learning_everything
+from ._report import Violation
 from ._supervised import (
     SPENT_GRACE,
     Definition,
@@ -26,7 +27,6 @@ from ._supervised import (
     Supervised,
     restart_policy,
 )
-from ._violations import Violation
 from ._workers import REPLACE_CRASHED, WorkerSet
 
 __all__ = ["CompartmentClass", "CompartmentFunction", "Proxy", "RestartPolicy", "compartment"]

@@ -301,7 +301,7 @@ class SafetyContext:
         """Seal every thread, sending denied syscalls to a user-notification listener.
 
         Returns the listener fd: whoever holds it must answer each notification (see
-        ``_violations``), and the sealed process must not keep it, or another of its
+        ``_parent._monitor``), and the sealed process must not keep it, or another of its
         threads could let its own denied calls through.
         """
         flt = self._build(tsync=True, default_action=_seccomp.NOTIFY)

@@ -15,7 +15,8 @@ import monitor_advice_attacks as attacks
 import pytest
 
 from compartments import control
-from compartments._parent._violations import Violation, builtin_grants, grants_allowing, suggest
+from compartments._parent._advice import builtin_grants, grants_allowing, suggest
+from compartments._parent._report import Violation
 from compartments._policy import _seccomp
 from compartments._policy._rules import SeccompRule
 from compartments.errors import PolicyViolation
