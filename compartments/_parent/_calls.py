@@ -16,7 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .._wire._connection import Connection, _Slot
+from .._wire._reader import Slot
+from .._wire._settling import SettlingConnection
 from ..errors import CallTimeout, CompartmentClosed
 from ._supervised import Remote, Supervised, _broker_peers
 
@@ -59,7 +60,7 @@ def _send_in_background(
 ) -> None:
     conn = supervised.connection()
 
-    def settle(slot: _Slot) -> None:
+    def settle(slot: Slot) -> None:
         if slot.error is not None:
             future.set_exception(slot.error)
         else:
@@ -83,7 +84,7 @@ class _Watch:
     stops watching (the fd would stay readable until that thread reads) and looks again
     once the thread lets go."""
 
-    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, conn: SettlingConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.loop = loop
         # Our own descriptor of the socket: the connection may close its fd (a crash, a
@@ -143,17 +144,17 @@ class _Watch:
             self._arm()
 
 
-_starting: dict[Supervised, concurrent.futures.Future[Connection]] = {}
+_starting: dict[Supervised, concurrent.futures.Future[SettlingConnection]] = {}
 _starting_lock = threading.Lock()
 
 
-def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[Connection]:
+def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[SettlingConnection]:
     """The compartment's connection, from one thread that starts the child however many
     awaits ask for it at once. Each gets a Future of its own: cancelling one await
     (which cancels the Future it awaits) must not cancel the start for the others."""
-    mine: concurrent.futures.Future[Connection] = concurrent.futures.Future()
+    mine: concurrent.futures.Future[SettlingConnection] = concurrent.futures.Future()
 
-    def copy(started: concurrent.futures.Future[Connection]) -> None:
+    def copy(started: concurrent.futures.Future[SettlingConnection]) -> None:
         if not mine.set_running_or_notify_cancel():
             return  # its await was cancelled
         error = started.exception()
@@ -173,7 +174,9 @@ def _connection_soon(supervised: Supervised) -> concurrent.futures.Future[Connec
     return mine
 
 
-def _start_in_thread(supervised: Supervised, future: concurrent.futures.Future[Connection]) -> None:
+def _start_in_thread(
+    supervised: Supervised, future: concurrent.futures.Future[SettlingConnection]
+) -> None:
     """Start the child off the loop (a first spawn or a restart blocks)."""
 
     def start() -> None:
@@ -190,7 +193,7 @@ def _start_in_thread(supervised: Supervised, future: concurrent.futures.Future[C
     threading.Thread(target=start, name=f"compartments-start-{supervised.name}").start()
 
 
-def _watch(conn: Connection, loop: asyncio.AbstractEventLoop) -> _Watch:
+def _watch(conn: SettlingConnection, loop: asyncio.AbstractEventLoop) -> _Watch:
     watch = conn.watches.get(loop)
     if watch is None:
         watch = conn.watches[loop] = _Watch(conn, loop)
@@ -270,7 +273,7 @@ def _close_all(sockets: list[socket.socket]) -> None:
 async def _call_watched(
     loop: asyncio.AbstractEventLoop,
     supervised: Supervised,
-    conn: Connection,
+    conn: SettlingConnection,
     method: str,
     args: Sequence[Any],
     kwargs: dict[str, Any],
@@ -282,7 +285,7 @@ async def _call_watched(
     loop_thread = threading.get_ident()
     watch = _watch(conn, loop)
 
-    def deliver(slot: _Slot) -> None:
+    def deliver(slot: Slot) -> None:
         watch.release()
         if result.done():
             return
@@ -291,7 +294,7 @@ async def _call_watched(
         else:
             result.set_result(slot.value)
 
-    def settle(slot: _Slot) -> None:  # in whichever thread read the reply
+    def settle(slot: Slot) -> None:  # in whichever thread read the reply
         if threading.get_ident() == loop_thread:
             deliver(slot)
         else:

@@ -18,8 +18,8 @@ from .._child import _stdio
 from .._policy._rules import ruleset_to_data
 from .._wire import _frames, _largebytes
 from .._wire._channel import stream_socketpair
-from .._wire._connection import Connection
 from .._wire._frames import Fd, PeerRef, RemoteTraceback
+from .._wire._settling import SettlingConnection
 from ..errors import CallTimeout, CompartmentClosed, CompartmentCrashed
 from . import _output, _remote_log
 from ._learn import BANNER, LearnedPolicy, learn_policy
@@ -133,7 +133,7 @@ class Supervised:
         self._kwargs = dict(kwargs)
         self._lock = threading.RLock()
         self._child: ChildProcess | None = None
-        self._connection: Connection | None = None
+        self._connection: SettlingConnection | None = None
         self._closed = False
         self._forked_away = False
         self.restarts = 0
@@ -147,7 +147,7 @@ class Supervised:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def connection(self) -> Connection:
+    def connection(self) -> SettlingConnection:
         conn = self._connection  # the common case needs no lock: a live child
         if conn is not None and conn.failure is None and not self._closed:
             return conn
@@ -262,7 +262,9 @@ class Supervised:
                 print(f"# learned policy for compartment `{self.name}`:", file=sys.stderr)
                 print(self.learned_policy().code, file=sys.stderr)
 
-    def _stop(self, child: ChildProcess | None, conn: Connection | None, grace: float) -> None:
+    def _stop(
+        self, child: ChildProcess | None, conn: SettlingConnection | None, grace: float
+    ) -> None:
         if conn is not None:
             conn.channel.shutdown()
         if child is not None:
@@ -307,7 +309,7 @@ class Supervised:
 
     def send(
         self,
-        conn: Connection,
+        conn: SettlingConnection,
         method: str,
         args: Sequence[Any],
         kwargs: dict[str, Any],
@@ -326,7 +328,7 @@ class Supervised:
             for sock in brokered:
                 sock.close()
 
-    def _kill_stuck(self, conn: Connection, method: str, timeout: float | None) -> None:
+    def _kill_stuck(self, conn: SettlingConnection, method: str, timeout: float | None) -> None:
         """A sequential compartment that missed a deadline blocks every later call."""
         child = self._child
         if child is not None and self._connection is conn:

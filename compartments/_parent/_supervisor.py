@@ -27,6 +27,7 @@ from .._policy._checks import import_time_call_message, main_path
 from .._wire._channel import Channel
 from .._wire._connection import Connection
 from .._wire._fd import Fd
+from .._wire._settling import SettlingConnection
 from ..errors import BootstrapError, CompartmentCrashed, ProtocolError
 from . import _broker, _output
 
@@ -334,8 +335,8 @@ def new_connection(
     name: str,
     max_message: int,
     on_notification: Callable[[str, list[Any]], None],
-) -> Connection:
-    return Connection(
+) -> SettlingConnection:
+    return SettlingConnection(
         Channel(child_end, name=name),
         name=name,
         max_message=max_message,
