@@ -1,6 +1,6 @@
 """Decoding frames from a peer that may be hostile: bounded, validated, fds accounted.
 
-The encoding side and the message types live in ``_wire``. A frame is one msgpack
+The encoding side and the message types live in ``_frames``. A frame is one msgpack
 message, then the raw bytes of any trailing-bytes extensions it holds, in order; those
 are written straight into the ``bytes`` objects the message will hold (see
 ``_largebytes``), and the message is held back until they are complete.
@@ -8,8 +8,6 @@ are written straight into the ``bytes`` objects the message will hold (see
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -18,20 +16,13 @@ import msgpack
 
 from ..errors import ProtocolError
 from . import _largebytes
-from ._fd import MAX_NAME_LENGTH, Fd, PeerRef, close_received
+from ._extensions import MAX_EXT_LEN, MAX_PENDING_FDS, ExtensionDecoding, FdBatch, close_all
+from ._fd import Fd
 from ._frames import (
-    _FD_INDEX,
-    _TRAILING,
     DEFAULT_MAX_MESSAGE,
-    EXT_FD,
-    EXT_MEMFD,
-    EXT_PEER,
-    EXT_TRAILING,
     MAX_METHOD_LENGTH,
     MAX_MSGID,
-    MAX_PREDICTABLE_KEY_COST,
     NOTIFICATION,
-    PREDICTABLE_KEY_TYPES,
     REQUEST,
     RESPONSE,
     Message,
@@ -39,12 +30,11 @@ from ._frames import (
     Request,
     Response,
 )
-from ._remote_errors import a_type
+from ._keys import KeyChecks
+from ._shapes import describe_unpack_error, why_not_a_message
 
 __all__ = ["MAX_PENDING_FDS", "FrameDecoder"]
 
-# Fds received ahead of the frame that claims them; more than this is an attack.
-MAX_PENDING_FDS = 64
 # Feeding in slices keeps the unpacker buffer at max_message + one slice.
 _FEED_SLICE = 2**20
 # What the unpacker sees first of each chunk: a frame head at the start of a chunk is
@@ -55,13 +45,7 @@ _HEAD_SLICE = 16 << 10
 #: Below TRAILING_MIN every honest frame is inline msgpack, so that is the bound (an
 #: inline 64 KiB echo measured 2.7-2.9x raw with it, 3.6-3.8x with 16 KiB, same runs).
 _ALONE_MAX = _largebytes.TRAILING_MIN
-_MAX_EXT_LEN = _FD_INDEX.size + 4 * MAX_NAME_LENGTH
-_KEY_TYPES = frozenset({str, bytes, int, bool, float, type(None)})
 _tuple_new = tuple.__new__
-_ARRAY_KEYS_WHY = (
-    " (tuple keys hash without a secret key, so a frame of them can cost quadratic time)"
-)
-_KEY_BUDGET_TEXT = f"a map of {math.isqrt(MAX_PREDICTABLE_KEY_COST)} or many smaller ones"
 
 
 #: msgpack's pure-Python Unpacker re-parses a partial top-level object from its start
@@ -69,31 +53,11 @@ _KEY_BUDGET_TEXT = f"a map of {math.isqrt(MAX_PREDICTABLE_KEY_COST)} or many sma
 _REPARSES = msgpack.Unpacker.__module__.endswith("fallback")
 
 
-class _Ext:
-    """An extension seen while parsing, acted on only once its frame's head is complete:
-    claiming fds and allocating trailing bytes must happen once, in wire order, and a
-    parser that starts over (msgpack's pure-Python build) would do them twice."""
-
-    __slots__ = ("code", "payload")
-
-    def __init__(self, code: int, payload: bytes) -> None:
-        self.code = code
-        self.payload = payload
 
 
-class _FdBatch:
-    """Fds that arrived with the bytes at stream offsets [start, end)."""
-
-    __slots__ = ("claimed", "end", "fds", "start")
-
-    def __init__(self, start: int, end: int, fds: list[int]) -> None:
-        self.start = start
-        self.end = end
-        self.fds = fds
-        self.claimed = 0
 
 
-class FrameDecoder:
+class FrameDecoder(KeyChecks, ExtensionDecoding):
     """Turns a byte stream (plus received fds) into validated messages.
 
     Every malformed, oversized or out-of-protocol input raises
@@ -110,7 +74,7 @@ class FrameDecoder:
     Work is linear in the frame, too: a dict is built with one hash per key, and CPython
     hashes tuples, ints and floats without a secret, so a sender can make them collide
     and the build quadratic. From any stream but the parent's, array keys are refused
-    and int/float keys are budgeted per frame (``_wire.MAX_PREDICTABLE_KEY_COST``).
+    and int/float keys are budgeted per frame (``_frames.MAX_PREDICTABLE_KEY_COST``).
 
     Fds travel with the first chunk of the frame that references them; the sender
     attaches them to its first ``sendmsg``, and the kernel delivers them with the
@@ -150,7 +114,7 @@ class FrameDecoder:
             "max_str_len": max_message,
             "max_bin_len": max_message,
             **_container_limits(max_message, from_parent),
-            "max_ext_len": _MAX_EXT_LEN,
+            "max_ext_len": MAX_EXT_LEN,
         }
         self._unpacker = msgpack.Unpacker(
             ext_hook=self._decode_ext, max_buffer_size=max_message + _FEED_SLICE, **limits
@@ -167,8 +131,8 @@ class FrameDecoder:
         self._unpacker_fed = 0  # of which the unpacker saw this many
         self._bypassed = 0  # and this many went straight into trailing bytes
         self._frame_start = 0  # stream offset where the frame being decoded starts
-        self._batches: deque[_FdBatch] = deque()
-        self._frame_batch: _FdBatch | None = None
+        self._batches: deque[FdBatch] = deque()
+        self._frame_batch: FdBatch | None = None
         self._frame_fds: list[Fd] = []
         # Trailing bytes of the frame being decoded: each new bytes object with the
         # writable view of its contents, which keeps the object alive.
@@ -242,17 +206,13 @@ class FrameDecoder:
         while self._ready:
             yield self._ready.popleft()
 
-    @property
-    def pending_fds(self) -> int:
-        return sum(len(batch.fds) - batch.claimed for batch in self._batches)
-
     def close(self) -> None:
         """Close fds not yet claimed by a frame and drop undelivered messages."""
         self._ready.clear()
         self._drop_trailers()
         while self._batches:
             batch = self._batches.popleft()
-            _close_all(batch.fds[batch.claimed :])
+            close_all(batch.fds[batch.claimed :])
         for fd in self._frame_fds:
             fd.close()
         self._frame_fds.clear()
@@ -271,7 +231,7 @@ class FrameDecoder:
     def _take_fds(self, size: int, fds: Sequence[int]) -> None:
         """Refuse everything once broken; otherwise account for fds that came with bytes."""
         if self._broken is not None:
-            _close_all(fds)
+            close_all(fds)
             raise ProtocolError(self._broken)
         if fds:
             self._accept_fds(size, fds)
@@ -282,18 +242,6 @@ class FrameDecoder:
         self._bypassed += size
         self._advance_trailing(size)
 
-    def _accept_fds(self, size: int, fds: Sequence[int]) -> None:
-        incoming = list(fds)
-        if size == 0:
-            _close_all(incoming)
-            raise self._fail("fds arrived without any bytes")
-        if self.trailing_target is not None:
-            _close_all(incoming)
-            raise self._fail("fds arrived inside a frame's trailing bytes")
-        if self.pending_fds + len(incoming) > MAX_PENDING_FDS:
-            _close_all(incoming)
-            raise self._fail(f"more than {MAX_PENDING_FDS} fds pending without a frame")
-        self._batches.append(_FdBatch(self._fed, self._fed + size, incoming))
 
     def _feed_slice(self, data: bytes | bytearray | memoryview) -> None:
         unpacker = self._unpacker
@@ -319,7 +267,7 @@ class FrameDecoder:
         except ProtocolError:
             raise
         except Exception as exc:
-            raise self._fail(_describe_unpack_error(exc)) from None
+            raise self._fail(describe_unpack_error(exc)) from None
         if self._fed - self._frame_start > self.max_message:
             raise self._fail(f"frame exceeds max_message ({self.max_message} bytes)")
 
@@ -422,199 +370,22 @@ class FrameDecoder:
         self._held = None
         self.trailing_target = None
 
-    def _finish_frame(self, end: int) -> None:
-        batch = self._frame_batch
-        if batch is not None:
-            if batch.claimed != len(batch.fds):
-                raise self._fail(
-                    f"frame came with {len(batch.fds)} fds but references {batch.claimed}"
-                )
-            self._batches.popleft()
-            self._frame_batch = None
-        if self._batches and self._batches[0].end <= end:
-            raise self._fail("fds arrived with a frame that does not reference them")
 
     def _reject(self, obj: object) -> NoReturn:
         """Raise the ProtocolError that says what is wrong with a message."""
-        if type(obj) is not list or not obj:
-            raise self._fail(f"expected a non-empty array, got {a_type(obj)}")
-        kind = obj[0]
-        if type(kind) is not int or kind not in (REQUEST, RESPONSE, NOTIFICATION):
-            raise self._fail(f"unknown message type {_short(kind)}")
-        expected = 3 if kind == NOTIFICATION else 4
-        if len(obj) != expected:
-            raise self._fail(f"message of type {kind} has {len(obj)} fields, not {expected}")
-        if kind == NOTIFICATION:
-            self._check_method(obj[1])
-            self._check_params(obj[2])
-        else:
-            self._check_msgid(obj[1])
-        if kind == REQUEST:
-            self._check_method(obj[2])
-            self._check_params(obj[3])
-        if kind == RESPONSE:
-            raise self._fail(f"response error is {a_type(obj[2])}, not a map or nil")
-        raise self._fail("message rejected")  # unreachable unless the checks disagree
+        raise self._fail(why_not_a_message(obj))
 
-    def _check_msgid(self, msgid: object) -> None:
-        if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
-            raise self._fail(f"msgid must be an int in 0..{MAX_MSGID}, got {_short(msgid)}")
 
-    def _check_method(self, method: object) -> None:
-        if type(method) is not str or not 0 < len(method) <= MAX_METHOD_LENGTH:
-            raise self._fail(
-                f"method must be a str of 1..{MAX_METHOD_LENGTH} chars, got {_short(method)}"
-            )
 
-    def _check_params(self, params: object) -> None:
-        if type(params) is not list:
-            raise self._fail(f"params must be an array, got {a_type(params)}")
 
-    def _checked_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-        """The dict of one map, built only if that costs linear time.
 
-        From an untrusted stream, array keys are refused and keys whose hash the sender
-        can predict are charged ``m**2`` per map of ``m`` of them, against a per-frame
-        budget (see ``_wire.PREDICTABLE_KEY_TYPES``); the trusted parent may send any.
-        msgpack's pure-Python build before 1.2.4 hands the hook a generator: consumed
-        once by the checks below, it would leave every map empty.
-        """
-        if type(pairs) is not list:
-            pairs = list(pairs)
-        if self._from_parent:
-            for key, _ in pairs:
-                if type(key) not in _KEY_TYPES:
-                    pairs = [(self._hashable(k), v) for k, v in pairs]
-                    break
-        else:
-            self._charge_keys(pairs)
-        return dict(pairs)  # an extension as a key is an _Ext: refused by its type above
 
-    def _charge_keys(self, pairs: list[tuple[Any, Any]]) -> None:
-        predictable = 0
-        for key, _ in pairs:
-            kind = type(key)
-            if kind in PREDICTABLE_KEY_TYPES:
-                predictable += 1
-            elif kind not in _KEY_TYPES:
-                if kind is list:
-                    raise self._fail(f"an array as a map key is not allowed{_ARRAY_KEYS_WHY}")
-                raise self._fail(_bad_key(kind))
-        if predictable:
-            self._key_cost += predictable * predictable
-            if self._key_cost > MAX_PREDICTABLE_KEY_COST:
-                raise self._fail(
-                    f"int/float map keys over the frame's budget ({_KEY_BUDGET_TEXT}): "
-                    "their hashes are predictable, so building the dicts could cost "
-                    "quadratic time"
-                )
 
-    def _hashable(self, key: Any) -> Any:
-        """A key Python can hash: an array (a tuple when it was sent) becomes a tuple."""
-        if type(key) in _KEY_TYPES:
-            return key
-        if type(key) is list:
-            return tuple([self._hashable(item) for item in key])
-        raise self._fail(_bad_key(type(key)))
 
-    def _decode_ext(self, code: int, payload: bytes) -> object:
-        """Check an extension's shape now; act on it in :meth:`_act_on_extensions`."""
-        if code == EXT_TRAILING:
-            if len(payload) != _TRAILING.size:
-                raise self._fail(f"trailing-bytes extension of {len(payload)} bytes")
-            self._announce_trailing(_TRAILING.unpack(payload)[0])
-        elif code == EXT_FD:
-            if len(payload) != _FD_INDEX.size:
-                raise self._fail(f"Fd extension of {len(payload)} bytes")
-        elif code == EXT_PEER:
-            if not self._from_parent:
-                raise self._fail("a PeerRef; only the parent may hand out direct lines")
-            if len(payload) <= _FD_INDEX.size:
-                raise self._fail("PeerRef extension without a name")
-        elif code == EXT_MEMFD:  # retired: its fd is never read (a device would block)
-            raise self._fail("a memfd payload; large bytes travel as trailing bytes")
-        else:
-            raise self._fail(f"unknown extension type {code}")
-        if code != EXT_TRAILING:
-            self._fd_refs += 1
-            if self._fd_refs > MAX_PENDING_FDS:  # the kernel delivers at most that many
-                raise self._fail(f"frame references more than {MAX_PENDING_FDS} fds")
-        self._extensions = True
-        return _Ext(code, payload)
 
-    def _announce_trailing(self, size: int) -> None:
-        """Refuse now, before the rest of the head is parsed, trailing bytes that could
-        never be accepted: tiny ones from a compartment, or more than max_message."""
-        # Honest senders inline anything smaller (tiny bytes would be shared objects). A
-        # compartment announcing tiny ones by the thousand costs ~1 KiB and 13 us each.
-        if size < (2 if self._from_parent else _largebytes.TRAILING_MIN):
-            raise self._fail(f"trailing bytes of {size} bytes")
-        self._announced_trailing += size
-        if self._announced_trailing > self.max_message:
-            raise self._fail(f"trailing bytes exceed max_message ({self.max_message} bytes)")
 
-    def _act_on_extensions(self, root: list[Any]) -> None:
-        """Replace each _Ext in the complete frame by its value, in wire order (depth
-        first, map values in order: keys never hold one), without recursion."""
-        containers: list[Any] = [root]
-        pending: list[Iterator[tuple[Any, Any]]] = [iter(enumerate(root))]
-        while pending:
-            for slot, value in pending[-1]:
-                kind = type(value)
-                if kind is _Ext:
-                    containers[-1][slot] = self._realize(value)
-                elif kind is list or kind is dict:
-                    containers.append(value)
-                    pending.append(iter(enumerate(value) if kind is list else list(value.items())))
-                    break
-            else:
-                pending.pop()
-                containers.pop()
 
-    def _realize(self, ext: _Ext) -> object:
-        code, payload = ext.code, ext.payload
-        if code == EXT_TRAILING:
-            return self._trailing_bytes(payload)
-        if code == EXT_FD:
-            return self._claim_fd(_FD_INDEX.unpack(payload)[0])
-        if code == EXT_PEER:
-            try:
-                name = payload[_FD_INDEX.size :].decode("utf-8")
-            except UnicodeDecodeError:
-                raise self._fail("PeerRef name is not valid UTF-8") from None
-            if len(name) > MAX_NAME_LENGTH:
-                raise self._fail(f"PeerRef name longer than {MAX_NAME_LENGTH} chars")
-            return PeerRef(self._claim_fd(_FD_INDEX.unpack_from(payload)[0]), name)
-        raise self._fail(f"unknown extension type {code}")  # never: _decode_ext refused it
 
-    def _trailing_bytes(self, payload: bytes) -> bytes:
-        (size,) = _TRAILING.unpack(payload)  # its size was checked as it was parsed
-        self._trailing_total += size
-        if self._trailing_total > self.max_message:
-            raise self._fail(f"trailing bytes exceed max_message ({self.max_message} bytes)")
-        data, view = _largebytes.unfilled_bytes(size)
-        self._trailers.append((data, view))
-        return data
-
-    def _claim_fd(self, index: int) -> Fd:
-        batch = self._frame_batch
-        if batch is None:
-            if not self._batches:
-                raise self._fail("frame references an fd but none was received")
-            batch = self._batches[0]
-            if not batch.start <= self._frame_start < batch.end:
-                raise self._fail("frame references an fd that was sent with another frame")
-            self._frame_batch = batch
-        if index != batch.claimed:
-            raise self._fail(f"fd index {index} out of order (expected {batch.claimed})")
-        if batch.claimed >= len(batch.fds):
-            raise self._fail(
-                f"frame references more fds than the {len(batch.fds)} received with it"
-            )
-        fd = Fd._adopt(batch.fds[batch.claimed])
-        batch.claimed += 1
-        self._frame_fds.append(fd)
-        return fd
 
 
 def _container_limits(max_message: int, trusted: bool) -> dict[str, int]:
@@ -637,28 +408,9 @@ def _hand_to_the_stream(code: int, payload: bytes) -> NoReturn:
     raise _NotAlone
 
 
-def _bad_key(kind: type) -> str:
-    if kind is _Ext:  # hashing unfilled trailing bytes would cache a hash of garbage
-        return "an extension (trailing bytes, an Fd or a PeerRef) used as a map key"
-    return f"map key of type {kind.__name__} is not allowed"
 
 
-def _describe_unpack_error(exc: Exception) -> str:
-    if isinstance(exc, msgpack.StackError):
-        return "nesting too deep"
-    if isinstance(exc, UnicodeDecodeError):
-        return "str is not valid UTF-8"
-    if isinstance(exc, TypeError):
-        return f"unusable map key ({exc})"
-    return str(exc) or type(exc).__name__
 
 
-def _short(value: object) -> str:
-    text = repr(value) if isinstance(value, (int, float, bool, type(None))) else a_type(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _close_all(fds: Sequence[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            close_received(fd)
