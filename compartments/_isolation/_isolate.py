@@ -27,36 +27,29 @@ The tmpfs root's mount point is a host temporary directory, removed afterwards.
 the calling process becomes the outer *shim* and returns from ``enter`` as pid 2; see
 "entering" below.
 
-This module is the choreography: which process forks when, what each one does in
-which order, and what travels back to the caller.  The Linux calls themselves
-(unshare, the id maps, the mounts that build the root, pivot_root) live in
-:mod:`._namespaces`, where :class:`Bind` and :func:`runtime_binds` come from too.
+This module is the caller's side: the arguments, which process forks when, and reading
+what comes back.  What each process of a run does is :mod:`._processes`, the long-lived
+variant :mod:`._entering`, the frames that carry the result :mod:`._results`; the Linux
+calls themselves (unshare, the id maps, the mounts that build the root, pivot_root) live
+in :mod:`._namespaces`, where :class:`Bind` and :func:`runtime_binds` come from too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import faulthandler
-import io
 import os
-import select
 import selectors
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import NoReturn, cast
+from typing import cast
 
-import msgpack
-
-from .._privileges import drop_capabilities, set_no_new_privs
-from ..errors import CompartmentsError, UnsupportedError
+from ..errors import UnsupportedError
+from ._entering import entered_init, shim
 from ._namespaces import (
     Bind,
     Plan,
@@ -65,51 +58,18 @@ from ._namespaces import (
     pivot_root_number,
     remove_mount_point,
     runtime_binds,
-    set_parent_death_signal,
     tmpfs_size_option,
     undo_mount_point,
     unshare_namespaces,
     write_id_maps,
 )
+from ._processes import close_fds_except, die_with_parent, outer
+from ._results import IsolateResult, IsolateSetupError, read_result
 
 __all__ = ["Bind", "Isolate", "IsolateResult", "IsolateSetupError", "runtime_binds"]
 
 
-class IsolateSetupError(CompartmentsError, OSError):
-    """Building the isolated environment failed before the callable ran."""
-
-
-_SETUP_FAILED = 125  # exit code of a process whose setup failed (as in podman/env)
-
-
-# --- public types -------------------------------------------------------------------
-
 BindSpec = Bind | str | tuple[str, str]
-
-
-@dataclass(frozen=True)
-class IsolateResult:
-    """How the callable ended, what it printed, and what it returned."""
-
-    status: int
-    """Raw wait status (os.waitpid) of the worker."""
-    stdout: bytes
-    stderr: bytes
-    value: object = None
-    timed_out: bool = False
-
-    @property
-    def returncode(self) -> int:
-        """Exit code, or -N when killed by signal N (subprocess's convention)."""
-        return os.waitstatus_to_exitcode(self.status)
-
-    @property
-    def signal(self) -> int | None:
-        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0 and not self.timed_out
 
 
 # --- the arguments ------------------------------------------------------------------
@@ -139,227 +99,6 @@ def _normalise_binds(binds: Mapping[str, str] | Iterable[BindSpec],
         if not os.path.exists(bind.src):
             raise FileNotFoundError(errno.ENOENT, "bind source does not exist", bind.src)
     return chosen
-
-
-# --- the control channel ------------------------------------------------------------
-
-_VALUE, _STATUS, _SETUP_ERROR, _UNSUPPORTED = b"V", b"S", b"E", b"U"
-_HEADER = struct.Struct("<cI")
-
-
-def _send(fd: int, tag: bytes, payload: bytes) -> None:
-    view = memoryview(_HEADER.pack(tag, len(payload)) + payload)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _send_error(fd: int, exc: BaseException, stage: str) -> None:
-    number = exc.errno if isinstance(exc, OSError) and exc.errno else 0
-    tag = _UNSUPPORTED if stage == "unshare" else _SETUP_ERROR
-    text = f"{stage}: {exc}".encode("utf-8", "backslashreplace")
-    _send(fd, tag, struct.pack("<i", number) + text)
-
-
-def _frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    frames = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        tag, length = _HEADER.unpack_from(data, offset)
-        offset += _HEADER.size
-        frames.append((tag, data[offset:offset + length]))
-        offset += length
-    return frames
-
-
-# --- processes ----------------------------------------------------------------------
-
-
-def _die_with_parent(parent: int | None) -> None:
-    """SIGKILL us when our parent goes; ``parent=None`` where getppid() cannot tell."""
-    set_parent_death_signal(signal.SIGKILL)
-    if parent is not None and os.getppid() != parent:
-        os._exit(_SETUP_FAILED)
-
-
-def _close_fds_except(keep: Iterable[int]) -> None:
-    # Never call closerange(n, n): CPython turns it into close_range(n, UINT_MAX).
-    start = 0
-    for fd in sorted(set(keep)):
-        if fd > start:
-            os.closerange(start, fd)
-        start = max(start, fd + 1)
-    os.closerange(start, max(os.sysconf("SC_OPEN_MAX"), start + 1))
-
-
-def _outer(plan: Plan, caller: int, control: int, stdout: int, stderr: int,
-           call: Callable[[], object]) -> NoReturn:
-    """First child: unshare, map ids, fork init and pass on its fate."""
-    stage = "setup"
-    try:
-        _die_with_parent(caller)
-        if plan.capture:
-            os.dup2(stdout, 1)
-            os.dup2(stderr, 2)
-        _close_fds_except({0, 1, 2, control, *plan.pass_fds})
-        uid, gid = os.getuid(), os.getgid()
-        stage = "unshare"
-        unshare_namespaces(plan.network)
-        stage = "uid/gid map"
-        write_id_maps(uid, gid)
-        stage = "fork init"
-        init = os.fork()
-        if init == 0:
-            _init(plan, control, call)
-        _, status = os.waitpid(init, 0)
-        if status != 0:  # init died before reporting the worker's status
-            _send(control, _STATUS, struct.pack("<i", status))
-    except BaseException as exc:
-        _send_error(control, exc, stage)
-        os._exit(_SETUP_FAILED)
-    os._exit(0)
-
-
-def _init(plan: Plan, control: int, call: Callable[[], object]) -> NoReturn:
-    """pid 1 of the new namespace: build the root, start the worker, reap."""
-    stage = "mount"
-    try:
-        _die_with_parent(None)  # the parent lives outside our PID namespace: getppid() == 0
-        build_root(plan)
-        stage = "pivot_root"
-        pivot_into(plan.root, plan.pivot_root_nr)
-        stage = "sethostname"
-        socket.sethostname(plan.hostname)
-        stage = "fork worker"
-        worker = os.fork()
-        if worker == 0:
-            _worker(control, call)
-        status = _reap_until(worker)
-        _send(control, _STATUS, struct.pack("<i", status))
-    except BaseException as exc:
-        _send_error(control, exc, stage)
-        os._exit(_SETUP_FAILED)
-    os._exit(0)
-
-
-def _reap_until(worker: int) -> int:
-    while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == worker:
-            return status
-
-
-def _worker(control: int, call: Callable[[], object]) -> NoReturn:
-    """pid 2: shed privileges, run the callable, send its value."""
-    try:
-        drop_capabilities()
-        set_no_new_privs()
-    except BaseException as exc:
-        _send_error(control, exc, "drop privileges")
-        os._exit(_SETUP_FAILED)
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
-                                  errors="backslashreplace")
-    if faulthandler.is_enabled():  # it may point at an fd we closed
-        faulthandler.enable(sys.stderr)
-    code = 0
-    try:
-        payload = msgpack.packb(call(), use_bin_type=True)
-        _send(control, _VALUE, payload)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError):
-            stream.flush()
-    os._exit(code)
-
-
-# --- entering: the calling process itself moves in (a compartment) ------------------
-#
-# ``Isolate.enter`` is for a process that must *keep running* isolated, e.g. a
-# compartment's RPC server, rather than return one value.  CLONE_NEWPID only applies to
-# children, so three processes take part, as in ``run``:
-#
-# * the **shim** is the process that called ``enter``: whoever supervises it (by pid or
-#   pidfd) keeps supervising it.  It unshares, maps ids, forks ``init``, closes every fd
-#   and waits; then it exits the way the isolated process did, dying of the same signal
-#   if it was killed.  Any fatal signal sent to the shim (SIGKILL on a timeout) kills
-#   init through PDEATHSIG, and init's death kills everything in the namespace.
-# * **init** (pid 1) only reaps, and reports the isolated process's wait status to the
-#   shim through a pipe (pid 1 cannot die of a signal it sends itself).
-# * the **isolated process** (pid 2), forked from init, builds the root, pivots into it
-#   and returns from ``enter``: the caller's code continues there with its fds intact
-#   (``keep_fds``), still holding every capability of the new user namespace.  Being
-#   pid 2 keeps the usual signal rules (pid 1 ignores its own SIGKILL, abort()...).
-
-
-def _exit_like(status: int) -> NoReturn:
-    """End this process the way the process with wait status ``status`` ended."""
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        with contextlib.suppress(OSError, ValueError):  # SIGKILL/SIGSTOP have no handler
-            signal.signal(signum, signal.SIG_DFL)
-        with contextlib.suppress(OSError, ValueError):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)  # a signal whose default action is not to terminate
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else _SETUP_FAILED)
-
-
-def _shim(init: int, status_r: int, status_w: int) -> NoReturn:
-    """The entering process, outside the PID namespace: wait, then end like pid 2."""
-    try:
-        os.close(status_w)
-        _close_fds_except({status_r})
-        with contextlib.suppress(OSError, ValueError):
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # mirroring SIGSEGV dumps nothing
-        _, init_status = os.waitpid(init, 0)
-        os.set_blocking(status_r, False)
-        try:
-            report = os.read(status_r, _STATUS_SIZE)
-        except BlockingIOError:
-            report = b""
-        status = struct.unpack("<i", report)[0] if len(report) == _STATUS_SIZE else init_status
-    except BaseException:
-        os._exit(_SETUP_FAILED)
-    _exit_like(status)
-
-
-_STATUS_SIZE = 4
-
-
-def _entered_init(status_r: int, status_w: int) -> None:
-    """pid 1: fork the isolated process (which returns) and reap until it ends."""
-    try:
-        os.close(status_r)
-        _die_with_parent(None)  # the shim is outside our PID namespace: getppid() == 0
-        poller = select.poll()
-        poller.register(status_w, select.POLLOUT)
-        if any(event & select.POLLERR for _, event in poller.poll(0)):
-            os._exit(_SETUP_FAILED)  # the shim died before PDEATHSIG was armed
-        worker = os.fork()
-    except BaseException:
-        os._exit(_SETUP_FAILED)
-    if worker == 0:
-        os.close(status_w)
-        return
-    try:
-        _close_fds_except({status_w})
-        status = _reap_until(worker)
-        _send_status(status_w, status)
-    except BaseException:
-        os._exit(_SETUP_FAILED)
-    os._exit(0)
-
-
-def _send_status(fd: int, status: int) -> None:
-    os.write(fd, struct.pack("<i", status))
 
 
 # --- the caller's side --------------------------------------------------------------
@@ -512,15 +251,15 @@ class Isolate:
             raise
         parent_fd = opened[0]
         if init:
-            _shim(init, status_r, status_w)
-        _entered_init(status_r, status_w)  # returns in the forked pid 2 only
+            shim(init, status_r, status_w)
+        entered_init(status_r, status_w)  # returns in the forked pid 2 only
         self._build_inside(plan, parent_fd, keep)
 
     def _build_inside(self, plan: Plan, parent_fd: int, keep: set[int]) -> None:
         stage = "close fds"
         try:
-            _die_with_parent(None)
-            _close_fds_except(keep | {parent_fd})
+            die_with_parent(None)
+            close_fds_except(keep | {parent_fd})
             stage = "mount"
             build_root(plan)
             stage = "pivot_root"
@@ -553,7 +292,7 @@ class Isolate:
             caller = os.getpid()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
-                _outer(plan, caller, control_w, out_w, err_w, lambda: func(*args, **kwargs))
+                outer(plan, caller, control_w, out_w, err_w, lambda: func(*args, **kwargs))
             for fd in (control_w, out_w, err_w):
                 os.close(fd)
                 pipes.remove(fd)
@@ -569,23 +308,7 @@ class Isolate:
             for fd in pipes:
                 os.close(fd)
             remove_mount_point(root)
-        return _result(bytes(buffers[control_r]), outer_status, bytes(buffers[out_r]),
+        return read_result(bytes(buffers[control_r]), outer_status, bytes(buffers[out_r]),
                        bytes(buffers[err_r]), timed_out)
 
 
-def _result(control: bytes, outer_status: int, stdout: bytes, stderr: bytes,
-            timed_out: bool) -> IsolateResult:
-    status, value = None, None
-    for tag, payload in _frames(control):
-        if tag in (_SETUP_ERROR, _UNSUPPORTED):
-            (number,) = struct.unpack_from("<i", payload)
-            text = payload[4:].decode("utf-8", "replace")
-            kind = UnsupportedError if tag == _UNSUPPORTED else IsolateSetupError
-            detail = stderr.decode("utf-8", "replace").strip()
-            raise kind(number or errno.EINVAL, text + (f"\n{detail}" if detail else ""))
-        if tag == _VALUE:
-            value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-        elif tag == _STATUS and status is None:
-            (status,) = struct.unpack("<i", payload)
-    return IsolateResult(outer_status if status is None else status, stdout, stderr,
-                         value, timed_out)
