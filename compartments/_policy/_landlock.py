@@ -26,19 +26,47 @@ the fd's opening).
 
 from __future__ import annotations
 
-import ctypes
-import enum
-import errno as errno_codes
 import logging
 import os
-import stat
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
-from .. import _privileges
 from ..errors import LandlockError, UnsupportedError
+from ._landlock_abi import (
+    ACCESS_FS_EXECUTE,
+    ACCESS_FS_IOCTL_DEV,
+    ACCESS_FS_MAKE_BLOCK,
+    ACCESS_FS_MAKE_CHAR,
+    ACCESS_FS_MAKE_DIR,
+    ACCESS_FS_MAKE_FIFO,
+    ACCESS_FS_MAKE_REG,
+    ACCESS_FS_MAKE_SOCK,
+    ACCESS_FS_MAKE_SYM,
+    ACCESS_FS_READ_DIR,
+    ACCESS_FS_READ_FILE,
+    ACCESS_FS_REFER,
+    ACCESS_FS_REMOVE_DIR,
+    ACCESS_FS_REMOVE_FILE,
+    ACCESS_FS_TRUNCATE,
+    ACCESS_FS_WRITE_FILE,
+    ACCESS_NET_BIND_TCP,
+    ACCESS_NET_CONNECT_TCP,
+    FS_RIGHT_ABI,
+    NET_RIGHT_ABI,
+    NR_RESTRICT_SELF,
+    SCOPE_ABI,
+    PathRule,
+    PortRule,
+    Scope,
+    abi_version,
+    add_path_rule,
+    add_port_rule,
+    create_ruleset,
+    names,
+    set_no_new_privs,
+    syscall,
+)
 
 __all__ = [
     "ACCESS_FS_EXECUTE",
@@ -84,83 +112,6 @@ __all__ = [
 
 logger = logging.getLogger("compartments")
 
-# --- kernel constants (include/uapi/linux/landlock.h) -------------------------------
-
-ACCESS_FS_EXECUTE = 1 << 0
-ACCESS_FS_WRITE_FILE = 1 << 1
-ACCESS_FS_READ_FILE = 1 << 2
-ACCESS_FS_READ_DIR = 1 << 3
-ACCESS_FS_REMOVE_DIR = 1 << 4
-ACCESS_FS_REMOVE_FILE = 1 << 5
-ACCESS_FS_MAKE_CHAR = 1 << 6
-ACCESS_FS_MAKE_DIR = 1 << 7
-ACCESS_FS_MAKE_REG = 1 << 8
-ACCESS_FS_MAKE_SOCK = 1 << 9
-ACCESS_FS_MAKE_FIFO = 1 << 10
-ACCESS_FS_MAKE_BLOCK = 1 << 11
-ACCESS_FS_MAKE_SYM = 1 << 12
-ACCESS_FS_REFER = 1 << 13  # ABI 2
-ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
-ACCESS_FS_IOCTL_DEV = 1 << 15  # ABI 5
-
-ACCESS_NET_BIND_TCP = 1 << 0  # ABI 4
-ACCESS_NET_CONNECT_TCP = 1 << 1  # ABI 4
-
-
-class Scope(enum.IntFlag):
-    """IPC the domain may not reach outside itself (ABI 6)."""
-
-    NONE = 0
-    ABSTRACT_UNIX_SOCKET = 1 << 0
-    SIGNAL = 1 << 1
-    ALL = ABSTRACT_UNIX_SOCKET | SIGNAL
-
-
-_CREATE_RULESET_VERSION = 1 << 0
-_RULE_PATH_BENEATH = 1
-_RULE_NET_PORT = 2
-# Unified syscall numbers: identical on every architecture but alpha.
-_NR_CREATE_RULESET = 444
-_NR_ADD_RULE = 445
-_NR_RESTRICT_SELF = 446
-_PR_SET_NO_NEW_PRIVS = 38
-
-# Which ABI introduced each right: negotiation and error messages read this table.
-_FS_RIGHT_ABI: dict[int, tuple[str, int]] = {
-    ACCESS_FS_EXECUTE: ("execute", 1),
-    ACCESS_FS_WRITE_FILE: ("write_file", 1),
-    ACCESS_FS_READ_FILE: ("read_file", 1),
-    ACCESS_FS_READ_DIR: ("read_dir", 1),
-    ACCESS_FS_REMOVE_DIR: ("remove_dir", 1),
-    ACCESS_FS_REMOVE_FILE: ("remove_file", 1),
-    ACCESS_FS_MAKE_CHAR: ("make_char", 1),
-    ACCESS_FS_MAKE_DIR: ("make_dir", 1),
-    ACCESS_FS_MAKE_REG: ("make_reg", 1),
-    ACCESS_FS_MAKE_SOCK: ("make_sock", 1),
-    ACCESS_FS_MAKE_FIFO: ("make_fifo", 1),
-    ACCESS_FS_MAKE_BLOCK: ("make_block", 1),
-    ACCESS_FS_MAKE_SYM: ("make_sym", 1),
-    ACCESS_FS_REFER: ("refer", 2),
-    ACCESS_FS_TRUNCATE: ("truncate", 3),
-    ACCESS_FS_IOCTL_DEV: ("ioctl_dev", 5),
-}
-_NET_RIGHT_ABI: dict[int, tuple[str, int]] = {
-    ACCESS_NET_BIND_TCP: ("bind_tcp", 4),
-    ACCESS_NET_CONNECT_TCP: ("connect_tcp", 4),
-}
-_SCOPE_ABI: dict[int, tuple[str, int]] = {
-    Scope.ABSTRACT_UNIX_SOCKET: ("scope_abstract_unix_socket", 6),
-    Scope.SIGNAL: ("scope_signal", 6),
-}
-# The only rights the kernel accepts on a rule for a non-directory.
-_FILE_ONLY_RIGHTS = (
-    ACCESS_FS_EXECUTE
-    | ACCESS_FS_WRITE_FILE
-    | ACCESS_FS_READ_FILE
-    | ACCESS_FS_TRUNCATE
-    | ACCESS_FS_IOCTL_DEV
-)
-
 # --- groups with extrasafe's meaning ---------------------------------------------
 
 READ_FILE = ACCESS_FS_READ_FILE
@@ -191,74 +142,7 @@ DNS_FILES = (
 """What the resolver reads (extrasafe's ``allow_dns_files``); grant with READ_FILE."""
 
 
-# --- libc ---------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong]
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = (
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    )
-
-
-class _PathBeneathAttr(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
-
-
-class _NetPortAttr(ctypes.Structure):
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
-
-
-def _syscall(number: int, *args: int) -> int:
-    """Call a raw syscall (every argument passed as a long); return result or -errno."""
-    ctypes.set_errno(0)
-    result = int(_libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args)))
-    return -ctypes.get_errno() if result == -1 else result
-
-
-def set_no_new_privs() -> None:
-    """Promise the kernel no execve will gain privileges (required to self-restrict)."""
-    try:
-        _privileges.set_no_new_privs()
-    except OSError as exc:
-        raise LandlockError(exc.errno, str(exc)) from None
-
-
-@lru_cache(maxsize=1)
-def abi_version() -> int:
-    """The running kernel's Landlock ABI, 0 when Landlock is absent or disabled."""
-    result = _syscall(_NR_CREATE_RULESET, 0, 0, _CREATE_RULESET_VERSION)
-    return max(result, 0)
-
-
-# --- rules --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PathRule:
-    """Grant ``access`` (ACCESS_FS_* bits) beneath ``path``, on behalf of ``ruleset``."""
-
-    path: str
-    access: int
-    ruleset: str
-    missing_ok: bool = False
-
-
-@dataclass(frozen=True)
-class PortRule:
-    """Grant ``access`` (TCP_BIND / TCP_CONNECT) on TCP ``port``, for ``ruleset``."""
-
-    port: int
-    access: int
-    ruleset: str
+# --- the policy -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -272,15 +156,11 @@ class Enforcement:
     dropped: tuple[str, ...] = field(default=())
 
 
-def _names(mask: int, table: dict[int, tuple[str, int]]) -> list[str]:
-    return [name for bit, (name, _abi) in table.items() if mask & bit]
-
-
 def right_names(rule: PathRule | PortRule | Scope) -> list[str]:
     """The rights a rule grants (or a scope denies), by their kernel names."""
     if isinstance(rule, Scope):
-        return [name.removeprefix("scope_") for name in _names(int(rule), _SCOPE_ABI)]
-    return _names(rule.access, _FS_RIGHT_ABI if isinstance(rule, PathRule) else _NET_RIGHT_ABI)
+        return [name.removeprefix("scope_") for name in names(int(rule), SCOPE_ABI)]
+    return names(rule.access, FS_RIGHT_ABI if isinstance(rule, PathRule) else NET_RIGHT_ABI)
 
 
 def _supported(table: dict[int, tuple[str, int]], abi: int) -> int:
@@ -318,7 +198,7 @@ class LandlockPolicy:
                  *, missing_ok: bool = False) -> None:
         """Grant ``access`` beneath ``path``; raise on a path another RuleSet grants."""
         text = os.fspath(path)
-        unknown = access & ~sum(_FS_RIGHT_ABI)
+        unknown = access & ~sum(FS_RIGHT_ABI)
         if access <= 0 or unknown:
             raise ValueError(f"invalid filesystem access {access:#x} for path {text!r}")
         key = os.path.realpath(text)
@@ -386,25 +266,25 @@ class LandlockPolicy:
         dropped = _check_support(abi, needed_fs, needed_net, int(scope), best_effort)
         if abi == 0:
             return Enforcement(0, 0, 0, 0, tuple(dropped))
-        handled_fs = _supported(_FS_RIGHT_ABI, abi) if needed_fs else 0
-        handled_net = _supported(_NET_RIGHT_ABI, abi) if needed_net else 0
-        handled_scope = int(scope) & _supported(_SCOPE_ABI, abi)
+        handled_fs = _supported(FS_RIGHT_ABI, abi) if needed_fs else 0
+        handled_net = _supported(NET_RIGHT_ABI, abi) if needed_net else 0
+        handled_scope = int(scope) & _supported(SCOPE_ABI, abi)
         if not (handled_fs or handled_net or handled_scope):
             return Enforcement(abi, 0, 0, 0, tuple(dropped))
         if threading.active_count() > 1:
             logger.warning("Landlock restricts only the calling thread; %d Python threads "
                            "are running and stay unrestricted", threading.active_count())
-        ruleset_fd = _create_ruleset(abi, handled_fs, handled_net, handled_scope)
+        ruleset_fd = create_ruleset(abi, handled_fs, handled_net, handled_scope)
         try:
             for rule in self._paths.values():
                 if rule.access & handled_fs:
-                    _add_path_rule(ruleset_fd, rule, rule.access & handled_fs)
+                    add_path_rule(ruleset_fd, rule, rule.access & handled_fs)
             for port_rule in self._ports.values():
                 access = port_rule.access & handled_net
                 if access:
-                    _add_port_rule(ruleset_fd, port_rule, access)
+                    add_port_rule(ruleset_fd, port_rule, access)
             set_no_new_privs()
-            result = _syscall(_NR_RESTRICT_SELF, ruleset_fd, 0)
+            result = syscall(NR_RESTRICT_SELF, ruleset_fd, 0)
             if result < 0:
                 raise LandlockError(-result, f"landlock_restrict_self failed: "
                                              f"{os.strerror(-result)}")
@@ -418,8 +298,8 @@ def _check_support(abi: int, needed_fs: int, needed_net: int, scope: int,
     """Name every needed right the kernel lacks; raise unless best effort."""
     missing = [
         (name, needed)
-        for mask, table in ((needed_fs, _FS_RIGHT_ABI), (needed_net, _NET_RIGHT_ABI),
-                            (scope, _SCOPE_ABI))
+        for mask, table in ((needed_fs, FS_RIGHT_ABI), (needed_net, NET_RIGHT_ABI),
+                            (scope, SCOPE_ABI))
         for bit, (name, needed) in table.items()
         if mask & bit and needed > abi
     ]
@@ -433,69 +313,6 @@ def _check_support(abi: int, needed_fs: int, needed_net: int, scope: int,
         logger.warning("Landlock right `%s` needs ABI %d; running kernel has ABI %d: "
                        "not enforced", name, needed, abi)
     return [name for name, _needed in missing]
-
-
-def _create_ruleset(abi: int, handled_fs: int, handled_net: int, scoped: int) -> int:
-    attr = _RulesetAttr(handled_fs, handled_net, scoped)
-    # Older kernels know a shorter struct; pass only what they understand.
-    size = 8 if abi < 4 else 16 if abi < 6 else ctypes.sizeof(attr)
-    result = _syscall(_NR_CREATE_RULESET, ctypes.addressof(attr),
-                      size, 0)
-    if result < 0:
-        raise LandlockError(
-            -result,
-            f"landlock_create_ruleset (fs={_names(handled_fs, _FS_RIGHT_ABI)}, "
-            f"net={_names(handled_net, _NET_RIGHT_ABI)}, "
-            f"scoped={_names(scoped, _SCOPE_ABI)}) failed: {os.strerror(-result)}",
-        )
-    return result
-
-
-def _add_path_rule(ruleset_fd: int, rule: PathRule, access: int) -> None:
-    try:
-        path_fd = os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        if rule.missing_ok:
-            return
-        raise LandlockError(
-            errno_codes.ENOENT,
-            f"path granted by RuleSet `{rule.ruleset}` does not exist", rule.path,
-        ) from exc
-    except OSError as exc:
-        raise LandlockError(exc.errno, f"cannot open path granted by RuleSet "
-                                       f"`{rule.ruleset}`: {exc.strerror}", rule.path) from exc
-    try:
-        if not stat.S_ISDIR(os.fstat(path_fd).st_mode):
-            if not access & _FILE_ONLY_RIGHTS:
-                raise LandlockError(
-                    errno_codes.ENOTDIR,
-                    f"RuleSet `{rule.ruleset}` grants directory rights "
-                    f"{_names(access, _FS_RIGHT_ABI)} on a non-directory", rule.path,
-                )
-            access &= _FILE_ONLY_RIGHTS
-        attr = _PathBeneathAttr(access, path_fd)
-        result = _syscall(_NR_ADD_RULE, ruleset_fd, _RULE_PATH_BENEATH,
-                          ctypes.addressof(attr), 0)
-        if result < 0:
-            raise LandlockError(
-                -result,
-                f"landlock_add_rule {_names(access, _FS_RIGHT_ABI)} for RuleSet "
-                f"`{rule.ruleset}` failed: {os.strerror(-result)}", rule.path,
-            )
-    finally:
-        os.close(path_fd)
-
-
-def _add_port_rule(ruleset_fd: int, rule: PortRule, access: int) -> None:
-    attr = _NetPortAttr(access, rule.port)
-    result = _syscall(_NR_ADD_RULE, ruleset_fd, _RULE_NET_PORT,
-                      ctypes.addressof(attr), 0)
-    if result < 0:
-        raise LandlockError(
-            -result,
-            f"landlock_add_rule {_names(access, _NET_RIGHT_ABI)} on TCP port {rule.port} "
-            f"for RuleSet `{rule.ruleset}` failed: {os.strerror(-result)}",
-        )
 
 
 def enter_private_domain(*, mounts_needed: bool = False) -> bool:
@@ -524,8 +341,8 @@ def enter_private_domain(*, mounts_needed: bool = False) -> bool:
     else:
         return False
     set_no_new_privs()
-    ruleset_fd = _create_ruleset(abi, handled_fs, 0, scope)
+    ruleset_fd = create_ruleset(abi, handled_fs, 0, scope)
     try:
-        return _syscall(_NR_RESTRICT_SELF, ruleset_fd, 0) == 0
+        return syscall(NR_RESTRICT_SELF, ruleset_fd, 0) == 0
     finally:
         os.close(ruleset_fd)
