@@ -172,7 +172,7 @@ def _resolved_rules(spec: str, definition: Any, call_args: list[Any]) -> list[An
 
 def _compartment_context(rulesets: Sequence[Any]) -> Any:
     """The policy exactly as a compartment's child builds it before sealing."""
-    from ._child._run import sealing_context
+    from ._child._sealing import sealing_context
 
     return sealing_context(rulesets, os.getpid())
 

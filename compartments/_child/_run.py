@@ -4,42 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
-import fcntl
 import inspect
 import os
 import resource
 import signal
-import socket
 import sys
-import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from .._isolation._isolate import Isolate
-from .._policy import _roots
-from .._policy._context import SafetyContext
 from .._policy._landlock import enter_private_domain
 from .._policy._rules import ruleset_from_data
 from .._privileges import drop_capabilities, set_no_new_privs
-from .._wire import _decoder, _frames, _largebytes, _traceback
+from .._wire import _decoder, _frames, _traceback
 from .._wire._channel import Channel
-from .._wire._connection import Connection
-from .._wire._fd import closing_in_compartment
 from .._wire._frames import Fd, PeerRef
-from ..errors import CallTimeout, LandlockError, ProtocolError, UnsupportedError
-from ..rulesets import SystemIO
+from ..errors import LandlockError, ProtocolError
 from ..rulesets.runtime import (
-    CHANNEL_FD_BASE,
-    CHANNEL_FD_LIMIT,
     IMPORT_FD_LIMIT,
-    compartment_runtime,
 )
-from . import _external, _log_forward, _sealed_imports, _sealed_stdio, _stdio
+from . import _external, _log_forward, _sealed_stdio
+from ._peers import channel_from_fd, peer_timeout, set_peer_timeout, with_peers
+from ._sealing import seal
 from ._server import Server
 from ._target import import_target_module
 
-__all__ = ["PeerProxy", "close_spec_fds", "run"]
+__all__ = ["close_spec_fds", "run", "warm_sources"]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -73,141 +63,6 @@ def _own_stdio(spec: dict[str, Any]) -> None:
     if spec.get("line_buffered") is True:
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-
-
-class _ChannelSlots:
-    """Hands out free fd numbers in the reserved channel block, reusing closed ones.
-
-    A number is free when ``fcntl(F_GETFD)`` says EBADF: the runtime allows that command
-    on the block, and it needs no bookkeeping that a forgotten close could leak.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def place(self, fd: int) -> int:
-        """Move ``fd`` into a free slot (closing ``fd``, even on failure)."""
-        if CHANNEL_FD_BASE <= fd < CHANNEL_FD_LIMIT:
-            return fd  # the kernel gave it a number in the block already
-        with self._lock:
-            try:
-                slot = self._free_slot()
-                os.dup2(fd, slot, inheritable=False)  # dup3, the one call allowed into the block
-            finally:
-                os.close(fd)
-        return slot
-
-    @staticmethod
-    def _free_slot() -> int:
-        for slot in range(CHANNEL_FD_BASE, CHANNEL_FD_LIMIT):
-            try:
-                fcntl.fcntl(slot, fcntl.F_GETFD)
-            except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    return slot
-                raise
-        raise OSError(
-            errno.EMFILE,
-            f"no free channel slot: a compartment holds at most "
-            f"{CHANNEL_FD_LIMIT - CHANNEL_FD_BASE} channels at once",
-        )
-
-
-_slots = _ChannelSlots()
-
-
-def channel_from_fd(fd: Fd, name: str, kind: type[Channel] = Channel) -> Channel:
-    """A channel on ``fd``, moved into the channel block. Only compartments hold channel
-    slots, so this also marks the process as one (see ``_fd.closing_in_compartment``)."""
-    closing_in_compartment()
-    slot = _slots.place(fd.detach())
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=slot)
-    except BaseException:
-        os.close(slot)
-        raise
-    return kind(sock, name=name)
-
-
-#: A peer call's timeout when the compartment has no default timeout: a sibling that
-#: never answers must not hold the caller for ever (the parent cannot kill it for us).
-PEER_CALL_TIMEOUT = 60.0
-_peer_timeout = PEER_CALL_TIMEOUT
-
-
-def set_peer_timeout(timeout: float | None) -> None:
-    """Peer calls and peer lines take the compartment's default timeout, if it has one."""
-    global _peer_timeout
-    _peer_timeout = PEER_CALL_TIMEOUT if timeout is None else float(timeout)
-
-
-class PeerProxy:
-    """Inside a compartment: a direct line to another compartment, no parent involved.
-
-    Every call has a timeout (the compartment's default, else :data:`PEER_CALL_TIMEOUT`).
-    A call that misses it closes the line, as the parent kills a compartment that misses
-    one: the peer may be stuck, and every later call would queue behind it. The line's
-    fd (a channel slot) is freed when the proxy is closed or dropped.
-    """
-
-    def __init__(
-        self,
-        peer: PeerRef,
-        max_message: int = _frames.DEFAULT_MAX_MESSAGE,
-        timeout: float | None = None,
-    ) -> None:
-        self._name = peer.name
-        self._timeout = _peer_timeout if timeout is None else timeout
-        self._connection = Connection(
-            channel_from_fd(peer.fd, peer.name), name=peer.name, max_message=max_message,
-            kernel_timeouts=False,  # sealed: no setsockopt
-        )  # fmt: skip
-
-    def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
-            raise AttributeError(method)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            sent, named, _ = _largebytes.offload(args, kwargs, memfds=False)
-            # The peer decodes us as hostile: refuse here what would make it drop the line.
-            _frames.check_keys_from_compartment(
-                [sent, named], f"call `{method}` to peer `{self._name}`", "params"
-            )
-            try:
-                return self._connection.call(method, [sent, named], timeout=self._timeout)
-            except CallTimeout:
-                self._connection.fail(
-                    ConnectionResetError(
-                        f"peer `{self._name}` did not answer `{method}` within "
-                        f"{self._timeout:g}s; the line to it is closed"
-                    )
-                )
-                raise
-
-        call.__name__ = method
-        return call
-
-    def close(self) -> None:
-        """Close the line (idempotent); later calls raise ConnectionResetError."""
-        self._connection.fail(ConnectionResetError(f"the line to peer `{self._name}` is closed"))
-
-    def __enter__(self) -> PeerProxy:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        connection = getattr(self, "_connection", None)
-        if connection is not None:
-            connection.close()
-
-    def __repr__(self) -> str:
-        return f"<peer compartment {self._name!r}>"
-
-
-def _with_peers(value: Any, max_message: int) -> Any:
-    return PeerProxy(value, max_message) if isinstance(value, PeerRef) else value
 
 
 def _harden(zygote_pid: int, *, isolated: bool = False) -> None:
@@ -269,50 +124,6 @@ def warm_sources(module: Any) -> None:
     _traceback.warm_linecache([m for m in modules if m is not None])
 
 
-_NO_USER_NOTIFICATION = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBUSY)
-
-
-def sealing_context(rules: Iterable[Any], pid: int) -> SafetyContext:
-    """The policy a compartment seals with (and ``inspect`` shows): its RuleSets
-    (``SystemIO.nothing()`` if none), the runtime's, and the import roots readable where
-    Landlock restricts files."""
-    ctx = SafetyContext().preload(codecs="none")  # the parent serves the import roots
-    enabled = False
-    for ruleset in rules:
-        ctx.enable(ruleset)
-        enabled = True
-    if not enabled:
-        ctx.enable(SystemIO.nothing())
-    for runtime in compartment_runtime(pid):
-        ctx.enable_yielding(runtime)
-    ctx._readable_under_landlock(_roots.import_roots(), "ImportRootsRuntime")
-    return ctx
-
-
-def _seal(rules: Iterable[Any], primary: Channel, *, listener: bool = True) -> None:
-    """Apply the policy; hand the violation listener to the parent and keep no copy."""
-    ctx = sealing_context(rules, os.getpid())  # our pid now: after an Isolate's fork
-    _sealed_imports.prepare(listener=listener, granted=ctx._readable_paths())
-    _stdio.forward_stdio(primary, {fd: ctx._allows("write", (fd, 0, 0, 0, 0, 0)) for fd in (1, 2)})
-    if not listener:
-        ctx.apply_to_all_threads()
-        primary.send(*_frames.encode_notification("$listener", [None, ""]))
-        return
-    try:
-        listener_fd = ctx.apply_with_listener()
-    except (UnsupportedError, OSError) as exc:
-        if isinstance(exc, LandlockError) or exc.errno not in _NO_USER_NOTIFICATION:
-            raise
-        ctx.apply_to_all_threads()
-        _sealed_imports.not_served(f"no seccomp user notification: {exc}")
-        primary.send(*_frames.encode_notification("$listener", [None, str(exc)]))
-        return
-    try:
-        primary.send(*_frames.encode_notification("$listener", [Fd(listener_fd), ""]))
-    finally:
-        os.close(listener_fd)
-
-
 class _PlainTarget:
     """An undecorated function or class run as a compartment (a Pool worker, ``learn``)."""
 
@@ -340,8 +151,8 @@ class _Compartment:
         self.sent_rules = None if sent is None else [ruleset_from_data(r) for r in sent]
 
     def set_up(self, args: list[Any], kwargs: dict[str, Any]) -> None:
-        args = [_with_peers(a, self.max_message) for a in args]
-        kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
+        args = [with_peers(a, self.max_message) for a in args]
+        kwargs = {k: with_peers(v, self.max_message) for k, v in kwargs.items()}
         if self.definition.is_class:
             self.instance = self.target(*args, **kwargs)
         elif self.definition.setup is not None:
@@ -372,12 +183,12 @@ class _Compartment:
             _split_params(method, params)  # raises, naming the call
         args, kwargs = params
         if args and PeerRef in map(type, args):
-            args = [_with_peers(a, self.max_message) for a in args]
+            args = [with_peers(a, self.max_message) for a in args]
         if kwargs:
             if not _STR.issuperset(map(type, kwargs)):
                 _split_params(method, params)
             if PeerRef in map(type, kwargs.values()):
-                kwargs = {k: _with_peers(v, self.max_message) for k, v in kwargs.items()}
+                kwargs = {k: with_peers(v, self.max_message) for k, v in kwargs.items()}
         if self.instance is None:
             if method != "__call__":
                 raise AttributeError(f"function compartment `{self.name}` has only __call__")
@@ -398,7 +209,7 @@ class _Compartment:
                 self._attach_client(fd, peer_name, served[0])
                 return None
             self.server.add_channel(
-                channel_from_fd(fd, peer_name), peer_name, drain_timeout=_peer_timeout
+                channel_from_fd(fd, peer_name), peer_name, drain_timeout=peer_timeout()
             )
             return None
         raise AttributeError(f"unknown control method `{method}`")
@@ -464,7 +275,7 @@ def run(spec: dict[str, Any], zygote_pid: int) -> NoReturn:
             if spec.get("unsealed_for_benchmarks") is True:
                 primary.send(*_frames.encode_notification("$listener", [None, ""]))
             else:
-                _seal(compartment.rules(), primary, listener=spec.get("listener") is not False)
+                seal(compartment.rules(), primary, listener=spec.get("listener") is not False)
         except Exception as exc:
             _report_setup_failure(primary, start.msgid, exc)
             _exit(1)

@@ -35,9 +35,10 @@ import socket
 import sys
 from typing import Any, NoReturn
 
+from .._policy import _roots
 from .._wire._channel import Channel
 from .._wire._fd import Fd
-from . import _run, _target
+from . import _run, _sealed_imports, _sealing, _target
 from ._server import Server
 from ._target import IMPORT_TIME_CALL, ImportTimeCall, import_target_module, module_key
 
@@ -217,15 +218,12 @@ def main() -> None:
 
     import encodings.idna  # noqa: F401 - sockets look it up lazily: spare the broker
 
-    from .._policy import _roots
-    from . import _sealed_imports
-
     served, reason = config.get("imports", (False, "not told"))
     _sealed_imports.configure(bool(served), str(reason))
     _roots.warm()
     # Warm what every seal builds (the base and runtime RuleSets, syscall numbers), so
     # that a fresh fork does not build it again on its spawn path.
-    _run.sealing_context([], os.getpid())._build(tsync=True)
+    _sealing.sealing_context([], os.getpid())._build(tsync=True)
 
     _serve(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=control_fd), "zygote")
     os._exit(0)
