@@ -26,17 +26,11 @@ from __future__ import annotations
 
 from . import errors
 from ._isolation._isolate import Bind, Isolate, IsolateResult
+from ._parent._control import Control, control
+from ._parent._decorator import compartment
 from ._parent._learn import LearnedPolicy
 from ._parent._pool import Pool
-from ._parent._proxy import (
-    CompartmentClass,
-    CompartmentFunction,
-    Control,
-    Proxy,
-    RestartPolicy,
-    compartment,
-    control,
-)
+from ._parent._proxy import CompartmentClass, CompartmentFunction, Proxy, RestartPolicy
 from ._parent._report import Violation
 from ._parent._serve import Served, serve
 from ._policy._context import SafetyContext

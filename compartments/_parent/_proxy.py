@@ -10,26 +10,21 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar
 
-from .._isolation._isolate import Isolate
-from .._policy._checks import check_rules, check_target
-from .._wire import _frames
 from . import _calls
-from ._learn import LearnedPolicy, learning_everything
+from ._learn import LearnedPolicy
 from ._report import Violation
 from ._supervised import (
     SPENT_GRACE,
     Definition,
     Remote,
     RestartPolicy,
-    RestartSpec,
     Supervised,
-    restart_policy,
 )
 from ._workers import REPLACE_CRASHED, WorkerSet
 
-__all__ = ["CompartmentClass", "CompartmentFunction", "Proxy", "RestartPolicy", "compartment"]
+__all__ = ["CompartmentClass", "CompartmentFunction", "Proxy", "RestartPolicy"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -68,7 +63,7 @@ class _AsyncFunction(Generic[P, R]):
         )
 
 
-class _AsyncMethods:
+class AsyncMethods:
     """``await compartments.control(store).aio.get()``: a class's methods, awaitable."""
 
     def __init__(self, supervised: Supervised, timeout: float | None) -> None:
@@ -273,89 +268,6 @@ def _methods_of(definition: Definition) -> frozenset[str]:
     )
 
 
-class Control(Generic[T]):
-    """The framework's controls for one compartment: ``compartments.control(proxy)``.
-
-    Kept apart from the proxy so that every public name on the proxy is the user's."""
-
-    __slots__ = ("_target",)
-
-    def __init__(self, target: Proxy | CompartmentFunction[..., Any]) -> None:
-        self._target = target
-
-    def _supervised(self) -> Supervised:
-        return self._target._supervised_instance()
-
-    @property
-    def pid(self) -> int | None:
-        """The current child's process id (None while none runs)."""
-        if isinstance(self._target, CompartmentFunction):
-            return self._target.pid
-        return self._supervised().pid
-
-    @property
-    def restarts(self) -> int:
-        """How many times the child was restarted after a crash."""
-        return self._supervised().restarts
-
-    @property
-    def violations(self) -> list[Violation]:
-        """The syscalls the current child was denied (the last 1,000)."""
-        return list(self._supervised().violations.recent)
-
-    def learned_policy(self) -> LearnedPolicy:
-        """With ``learn=True``: the minimal policy for what the workload did so far."""
-        return self._supervised().learned_policy()
-
-    def with_timeout(self, seconds: float | None) -> T:
-        """The same compartment, called with a different per-call timeout."""
-        target: Any = self._target
-        if seconds is not None and seconds <= 0:
-            raise ValueError(f"timeout must be positive or None, got {seconds!r}")
-        if isinstance(target, CompartmentFunction):
-            copy: Any = target.with_timeout(seconds)
-        else:
-            copy = type(target)(target._compartment_supervised, seconds)
-        return cast(T, copy)
-
-    @property
-    def aio(self) -> Any:
-        """Awaitable calls: ``await control(store).aio.get()``, or ``control(fn).aio(x)``."""
-        target = self._target
-        if isinstance(target, CompartmentFunction):
-            return target.aio
-        return _AsyncMethods(target._compartment_supervised, target._compartment_timeout)
-
-    def close(self) -> None:
-        """Stop the child: EOF, then SIGKILL after a grace period. No zombie remains.
-        A class's own ``close()`` is not called: call it first if it should run."""
-        target = self._target
-        if isinstance(target, CompartmentFunction):
-            target.close()
-        else:
-            target._compartment_supervised.close()
-
-    def __enter__(self) -> Control[T]:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<control of {self._target!r}>"
-
-
-def control(target: T) -> Control[T]:
-    """The framework's controls for a compartment proxy or function: its pid, restarts,
-    violations, learned policy, a copy with another timeout, awaitable calls, and close."""
-    if isinstance(target, (Proxy, CompartmentFunction)):
-        return Control(target)
-    raise TypeError(
-        "compartments.control() takes a compartment proxy or a @compartment function, got "
-        f"{type(target).__name__}"
-    )
-
-
 class CompartmentClass(Generic[T]):
     """A class whose instances each live in their own sealed child process."""
 
@@ -382,118 +294,3 @@ class CompartmentClass(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<compartment class {self._definition.name}>"
-
-
-def _check_isolate(isolate: object) -> None:
-    if isolate is None:
-        return
-    if not isinstance(isolate, Isolate):
-        raise TypeError(f"isolate= takes an Isolate, got {type(isolate).__name__}")
-    if isolate.timeout is not None or isolate.pass_fds:
-        raise ValueError(
-            "a compartment's Isolate takes no timeout or pass_fds: use @compartment's "
-            "timeout=, and pass fds as arguments"
-        )
-
-
-class _Decorator(Protocol):
-    """What ``@compartment(rules=...)`` returns: it keeps the decorated object's types."""
-
-    @overload
-    def __call__(self, target: type[T], /) -> type[T]: ...  # type: ignore[overload-overlap]
-    @overload
-    def __call__(self, target: Callable[P, R], /) -> CompartmentFunction[P, R]: ...
-
-
-@overload
-def compartment(target: type[T], /) -> type[T]: ...  # type: ignore[overload-overlap]
-@overload
-def compartment(target: Callable[P, R], /) -> CompartmentFunction[P, R]: ...
-@overload
-def compartment(
-    target: None = None,
-    /,
-    *,
-    rules: Any = (),
-    name: str | None = None,
-    timeout: float | None = None,
-    restart: RestartSpec = "never",
-    setup: Callable[[], object] | None = None,
-    fresh: bool = False,
-    max_message: int = _frames.DEFAULT_MAX_MESSAGE,
-    learn: bool = False,
-    workers: int = 1,
-    report_violations: bool = True,
-    isolate: Isolate | None = None,
-) -> _Decorator: ...
-
-
-def compartment(
-    target: Any = None,
-    /,
-    *,
-    rules: Any = (),
-    name: str | None = None,
-    timeout: float | None = None,
-    restart: RestartSpec = "never",
-    setup: Callable[[], object] | None = None,
-    fresh: bool = False,
-    max_message: int = _frames.DEFAULT_MAX_MESSAGE,
-    learn: bool = False,
-    workers: int = 1,
-    report_violations: bool = True,
-    isolate: Isolate | None = None,
-) -> Any:
-    """Run a module-level function or class in its own process, sealed by ``rules``.
-
-    ``rules`` is a list of RuleSets (empty: pure computation), or a callable returning
-    one, evaluated in the child after setup (for a class, it gets the instance), so a
-    policy can name fds the setup opened.
-
-    ``workers=N`` (functions) spreads calls over N sealed processes; a crashed worker
-    fails only its own call and is replaced.
-
-    ``isolate=Isolate(...)`` runs the compartment in new user, mount, PID, IPC, UTS (and
-    network) namespaces on a size-limited tmpfs root with read-only binds (see Isolate).
-
-    ``report_violations=False`` answers denied syscalls with a plain EPERM in the kernel,
-    without the parent's listener (and without PolicyViolation reports).
-
-    ``learn=True`` is UNSAFE: denied syscalls are allowed and recorded, and
-    ``learned_policy()`` (also printed to stderr at close) suggests the rules to use.
-    """
-
-    def decorate(obj: Any) -> Any:
-        check_target(obj)  # a lambda, a nested or guarded def, python -c: refused now
-        qualname = obj.__qualname__
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
-        if setup is not None and inspect.isclass(obj):
-            raise TypeError("setup= is for function compartments; a class sets up in __init__")
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
-        _check_isolate(isolate)
-        if workers > 1 and (inspect.isclass(obj) or fresh):
-            raise TypeError("workers= is for function compartments without fresh=True")
-        learning = learn or learning_everything()
-        definition = Definition(
-            target=obj,
-            rules=check_rules(rules),
-            name=name or qualname,
-            timeout=timeout,
-            restart=restart_policy(restart),
-            setup=setup,
-            fresh=fresh,
-            max_message=max_message,
-            learn=learning,
-            workers=workers,
-            report_violations=report_violations or learning,
-            isolate=isolate,
-        )
-        if inspect.isclass(obj):
-            return CompartmentClass(definition)
-        if callable(obj):
-            return CompartmentFunction(definition, timeout)
-        raise TypeError(f"@compartment decorates a function or a class, not {type(obj)}")
-
-    return decorate(target) if target is not None else decorate

@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 from .._policy._rules import ruleset_to_data
-from ._proxy import compartment
+from ._decorator import compartment
 
 __all__ = ["RulesOf"]
 
