@@ -270,8 +270,9 @@ def _is_program(args: argparse.Namespace) -> bool:
 
 
 def learn(args: argparse.Namespace) -> int:
+    from ._parent._definition import NEVER, Definition
     from ._parent._proxy import CompartmentClass, CompartmentFunction
-    from ._parent._supervised import NEVER, Definition, Supervised
+    from ._parent._supervised import Supervised
 
     if _is_program(args):
         return _learn_program(args)

@@ -11,13 +11,9 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from .._isolation._isolate import Isolate
 from .._policy._checks import check_rules, check_target
 from .._wire import _frames
+from ._definition import Definition, RestartSpec, restart_policy
 from ._learn import learning_everything
 from ._proxy import CompartmentClass, CompartmentFunction
-from ._supervised import (
-    Definition,
-    RestartSpec,
-    restart_policy,
-)
 
 __all__ = ["compartment"]
 

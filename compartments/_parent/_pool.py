@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from .._child._target import MAIN_ALIAS, import_target_module
 from .._policy._checks import check_static_rules
 from .._wire import _frames
+from ._definition import Definition
 from ._proxy import CompartmentFunction
-from ._supervised import Definition
 from ._workers import REPLACE_CRASHED, WorkerSet, checked_max_tasks
 
 __all__ = ["Pool"]

@@ -13,15 +13,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar
 
 from . import _calls
+from ._definition import SPENT_GRACE, Definition, RestartPolicy
 from ._learn import LearnedPolicy
 from ._report import Violation
-from ._supervised import (
-    SPENT_GRACE,
-    Definition,
-    Remote,
-    RestartPolicy,
-    Supervised,
-)
+from ._supervised import Remote, Supervised
 from ._workers import REPLACE_CRASHED, WorkerSet
 
 __all__ = ["CompartmentClass", "CompartmentFunction", "Proxy", "RestartPolicy"]

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._supervised import SPENT_GRACE, Definition, RestartPolicy, Supervised
+from ._definition import SPENT_GRACE, Definition, RestartPolicy
+from ._supervised import Supervised
 
 __all__ = ["REPLACE_CRASHED", "WorkerSet", "checked_max_tasks"]
 
