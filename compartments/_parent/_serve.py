@@ -22,7 +22,6 @@ import logging
 import os
 import select
 import socket
-import stat
 import struct
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Any
 from .._text import printable
 from .._wire._fd import Fd
 from ..errors import CompartmentClosed, CompartmentCrashed, CompartmentsError
+from ._socket_file import inode_of, listen
 from ._supervised import Remote, Supervised
 
 __all__ = ["ATTACH_TIMEOUT", "DEFAULT_MAX_CLIENTS", "MAX_CLIENTS_LIMIT", "Served", "serve"]
@@ -122,7 +122,7 @@ class Served:
         self._warned_at = float("-inf")
         self._unwarned = 0
         self._next_accept = 0.0  # monotonic time before which no client is accepted
-        self._listener, self._inode = _listen(path, mode, max_clients)
+        self._listener, self._inode = listen(path, mode, max_clients)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(
             target=self._run, name=f"compartments-serve-{self.name}", daemon=True
@@ -299,7 +299,7 @@ class Served:
 
     def _stop_listening(self) -> None:
         with contextlib.suppress(OSError):
-            if _inode_of(self.path) == self._inode:  # still ours, not a successor's
+            if inode_of(self.path) == self._inode:  # still ours, not a successor's
                 os.unlink(self.path)
         self._listener.close()
 
@@ -397,55 +397,6 @@ def _ids(values: Iterable[int], what: str) -> list[int]:
     if not all(type(value) is int and value >= 0 for value in ids):
         raise TypeError(f"{what} must be non-negative ints, got {ids!r}")
     return ids
-
-
-def _listen(path: str, mode: int, max_clients: int) -> tuple[socket.socket, tuple[int, int]]:
-    """A listening socket at ``path`` whose file has ``mode`` from the moment it exists."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        os.fchmod(sock.fileno(), mode)  # bind creates the file with the socket's mode
-        _remove_stale(path)
-        sock.bind(path)
-        os.chmod(path, mode)  # exactly mode, whatever the umask took away
-        sock.listen(max(128, 2 * max_clients))
-        sock.setblocking(False)
-        inode = _inode_of(path)
-        assert inode is not None
-        return sock, inode
-    except BaseException:
-        sock.close()
-        raise
-
-
-def _remove_stale(path: str) -> None:
-    """A socket file nobody listens on (a server that died) is replaced; anything else
-    at ``path`` is an error."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        return
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    raise FileExistsError(errno.EADDRINUSE, "a server is listening there already", path)
-
-
-def _inode_of(path: str) -> tuple[int, int] | None:
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 _all_served: weakref.WeakSet[Served] = weakref.WeakSet()
