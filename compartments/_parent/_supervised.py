@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from .._child import _stdio
 from .._wire import _frames, _largebytes
-from .._wire._channel import stream_socketpair
 from .._wire._frames import Fd, PeerRef, RemoteTraceback
 from .._wire._settling import SettlingConnection
+from .._wire._sockets import stream_socketpair
 from ..errors import CallTimeout, CompartmentClosed, CompartmentCrashed
 from . import _output, _remote_log
 from ._definition import GRACE_PERIOD, Definition

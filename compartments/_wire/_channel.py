@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import os
 import socket
 import struct
 import threading
@@ -25,17 +24,24 @@ from typing import Any
 
 from ..errors import ProtocolError
 from ._decoder import FrameDecoder
-from ._fd import close_received
 from ._frames import DEFAULT_MAX_MESSAGE, MAX_FDS_PER_FRAME, FrameBytes
+from ._sockets import (
+    FD_ITEM,
+    SCM_RIGHTS,
+    SOL_SOCKET,
+    close_quietly,
+    dup_all,
+    inline_urgent_data,
+    received_fds,
+    stream_socketpair,
+)
 
 __all__ = [
     "CHANNEL_SYSCALLS",
     "CHANNEL_TEARDOWN_SYSCALLS",
     "Channel",
     "frame_parts",
-    "inline_urgent_data",
     "socketpair",
-    "stream_socketpair",
 ]
 
 #: Syscalls the channel makes on its fd while running: ``send``/``sendall`` is
@@ -52,17 +58,13 @@ RECEIVE_BUFFER_SIZE = 256 * 1024
 # every honest frame is inline), but little of a large one's trailing bytes, which are
 # better received straight into their destination.
 HEAD_RECEIVE_SIZE = 128 * 1024
-_FD_ITEM = array.array("i").itemsize
-_ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * _FD_ITEM)
+_ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * FD_ITEM)
 # Plain ints: the socket module's IntFlag members make `flags & X` a slow enum call.
 _MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000))
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 # Below IOV_MAX (1024): the iovecs one sendmsg may take.
 _MAX_PARTS = 512
-_SOL_SOCKET = int(socket.SOL_SOCKET)
-_SCM_RIGHTS = int(socket.SCM_RIGHTS)
-_SO_OOBINLINE = int(socket.SO_OOBINLINE)
 _SO_RCVTIMEO = int(socket.SO_RCVTIMEO)
 # SO_RCVTIMEO of 0 means no timeout at all; a day is as good as for ever, and fits.
 _MIN_RECEIVE_TIMEOUT = 1e-6
@@ -115,7 +117,7 @@ class Channel:
             return
         whole = int(seconds)
         self._sock.setsockopt(
-            _SOL_SOCKET, _SO_RCVTIMEO, struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+            SOL_SOCKET, _SO_RCVTIMEO, struct.pack("@ll", whole, int((seconds - whole) * 1e6))
         )
         self._receive_timeout = seconds
 
@@ -201,13 +203,13 @@ class Channel:
             raise ValueError(f"at most {MAX_FDS_PER_FRAME} fds per frame, got {len(fds)}")
         lock = self._send_lock
         if not lock.acquire(False):  # another thread's frame is going out
-            own = _dup_all(fds)
+            own = dup_all(fds)
 
             def send_all(when_full: WhenFull, deadline: float | None) -> None:
                 try:
                     self.send(data, own, when_full=when_full, deadline=deadline)
                 finally:
-                    _close_quietly(own, received=False)
+                    close_quietly(own, received=False)
 
             return send_all
         handed_on = False
@@ -215,7 +217,7 @@ class Channel:
             parts = frame_parts(data)
             if fds and not parts[0]:
                 raise ValueError("fds need at least one byte of frame to travel with")
-            ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
+            ancillary = [(SOL_SOCKET, SCM_RIGHTS, array.array("i", fds))] if fds else []
             while parts:
                 try:
                     sent = self._sock.sendmsg(parts[:_MAX_PARTS], ancillary, _MSG_DONTWAIT)
@@ -226,14 +228,14 @@ class Channel:
             if not parts:
                 return None
             # The caller may close its fds once we return: the rest goes with our own.
-            rest, rest_fds = parts, _dup_all(fds)
+            rest, rest_fds = parts, dup_all(fds)
 
             def finish(when_full: WhenFull, deadline: float | None) -> None:
                 try:
                     self._send_parts(rest, rest_fds, _MSG_DONTWAIT, when_full, deadline)
                 finally:
                     lock.release()
-                    _close_quietly(rest_fds, received=False)
+                    close_quietly(rest_fds, received=False)
 
             handed_on = True
             return finish
@@ -253,7 +255,7 @@ class Channel:
             return parts, fds
         try:
             while parts:
-                ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
+                ancillary = [(SOL_SOCKET, SCM_RIGHTS, array.array("i", fds))] if fds else []
                 try:
                     sent = self._sock.sendmsg(parts[:_MAX_PARTS], ancillary, _MSG_DONTWAIT)
                 except BlockingIOError:
@@ -295,7 +297,7 @@ class Channel:
         when_full: WhenFull | None,
         deadline: float | None,
     ) -> None:
-        ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
+        ancillary = [(SOL_SOCKET, SCM_RIGHTS, array.array("i", fds))] if fds else []
         while parts:
             try:
                 sent = self._sock.sendmsg(parts[:_MAX_PARTS], ancillary, flags)
@@ -331,14 +333,14 @@ class Channel:
             )
         except BlockingIOError:
             return True
-        fds = _received_fds(ancdata) if ancdata else []
+        fds = received_fds(ancdata) if ancdata else []
         if flags & _MSG_CTRUNC:
-            _close_quietly(fds)
+            close_quietly(fds)
             raise ProtocolError(
                 f"`{self.name}` sent more than {MAX_FDS_PER_FRAME} fds in one frame"
             )
         if nbytes == 0:
-            _close_quietly(fds)
+            close_quietly(fds)
             return False
         if target is None:
             decoder.feed(buffers[0][:nbytes], fds)
@@ -377,26 +379,6 @@ class Channel:
         return f"<Channel {self.name!r} {state}>"
 
 
-def inline_urgent_data(sock: socket.socket) -> None:
-    """Set ``SO_OOBINLINE`` unless it is set: an ``MSG_OOB`` byte then arrives in the
-    stream, where a receive after ``poll`` finds it (and the decoder refuses it).
-
-    It acts on the receiving end, so the parent sets it on both ends of every pair it
-    makes: a sealed compartment may check it, but not set it.
-    """
-    if not sock.getsockopt(_SOL_SOCKET, _SO_OOBINLINE):
-        sock.setsockopt(_SOL_SOCKET, _SO_OOBINLINE, 1)
-
-
-def stream_socketpair() -> tuple[socket.socket, socket.socket]:
-    """A connected AF_UNIX stream pair, close-on-exec, with urgent data inline on both
-    ends: what every channel between processes is made of."""
-    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    inline_urgent_data(left)
-    inline_urgent_data(right)
-    return left, right
-
-
 def socketpair(
     *, max_message: int = DEFAULT_MAX_MESSAGE, names: tuple[str, str] = ("parent", "child")
 ) -> tuple[Channel, Channel]:
@@ -430,32 +412,3 @@ def _seconds_left(deadline: float | None) -> float:
     return -1 if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(data[: len(data) - len(data) % _FD_ITEM])
-            fds.extend(received)
-    return fds
-
-
-def _close_quietly(fds: Sequence[int], *, received: bool = True) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            if received:
-                close_received(fd)
-            else:
-                os.close(fd)
-
-
-def _dup_all(fds: Sequence[int]) -> list[int]:
-    """Our own copies of a frame's fds, for a thread that sends them later."""
-    own: list[int] = []
-    try:
-        for fd in fds:
-            own.append(os.dup(fd))
-    except BaseException:
-        _close_quietly(own, received=False)
-        raise
-    return own
