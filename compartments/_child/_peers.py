@@ -16,6 +16,7 @@ from .._wire._channel import Channel
 from .._wire._connection import Connection
 from .._wire._fd import closing_in_compartment
 from .._wire._frames import Fd, PeerRef
+from .._wire._sent_keys import check_keys_from_compartment
 from ..errors import CallTimeout
 from ..rulesets.runtime import (
     CHANNEL_FD_BASE,
@@ -134,7 +135,7 @@ class PeerProxy:
         def call(*args: Any, **kwargs: Any) -> Any:
             sent, named, _ = _largebytes.offload(args, kwargs, memfds=False)
             # The peer decodes us as hostile: refuse here what would make it drop the line.
-            _frames.check_keys_from_compartment(
+            check_keys_from_compartment(
                 [sent, named], f"call `{method}` to peer `{self._name}`", "params"
             )
             try:

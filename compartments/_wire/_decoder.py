@@ -74,7 +74,7 @@ class FrameDecoder(KeyChecks, ExtensionDecoding):
     Work is linear in the frame, too: a dict is built with one hash per key, and CPython
     hashes tuples, ints and floats without a secret, so a sender can make them collide
     and the build quadratic. From any stream but the parent's, array keys are refused
-    and int/float keys are budgeted per frame (``_frames.MAX_PREDICTABLE_KEY_COST``).
+    and int/float keys are budgeted per frame (``_limits.MAX_PREDICTABLE_KEY_COST``).
 
     Fds travel with the first chunk of the frame that references them; the sender
     attaches them to its first ``sendmsg``, and the kernel delivers them with the

@@ -19,18 +19,18 @@ it has trailing bytes, the list of parts to write in order.
 
 from __future__ import annotations
 
-import math
 import struct
-import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 
 from . import _largebytes
 from ._fd import Fd, PeerRef
+from ._limits import MAX_NESTING
 from ._remote_errors import RemoteTraceback, a_type, decode_error, encode_error
+from ._sent_keys import LEAVES, check_keys_from_compartment
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -67,19 +67,6 @@ EXT_TRAILING = 4
 _MEMFD = struct.Struct("!IQ")  # fd index, byte count
 _TRAILING = struct.Struct("!Q")  # byte count
 _FD_INDEX = struct.Struct("!I")
-
-#: Map keys whose hash a compartment can predict: CPython hashes ints and floats without
-#: a secret, so a sender can pick keys that share probe paths (``i << 17`` for every
-#: ``i`` will do), and building a dict of ``m`` of them costs up to ``m**2``. str and
-#: bytes hashes are keyed (SipHash) with a secret a compartment does not share, unless
-#: randomization is off. Tuple keys hash their items without a key, so they are refused
-#: outright from compartments and peers.
-PREDICTABLE_KEY_TYPES: frozenset[type] = frozenset(
-    {int, float} | (set() if sys.flags.hash_randomization else {str, bytes})
-)
-#: What a frame from a compartment or peer may cost in such keys, counted as ``m**2`` for
-#: each map of ``m`` of them: one map of 4096 int keys, or many smaller ones.
-MAX_PREDICTABLE_KEY_COST = 4096**2
 
 NATIVE_TYPES_HINT = (
     "msgpack-native types only: None, bool, int, float, str, bytes, list, tuple, dict, Fd"
@@ -213,7 +200,7 @@ def encode_response(
         _bad_msgid(msgid)
     if type(result) is bytes and len(result) >= _largebytes.TRAILING_MIN:
         result = _largebytes.TrailingBytes(result)
-    elif type(result) not in _LEAVES:
+    elif type(result) not in LEAVES:
         check_keys_from_compartment(result, _result_label(method), "result")
     return _encode_frame([RESPONSE, msgid, error, result], _explain_result, result, method)
 
@@ -268,93 +255,10 @@ def _bad_method(method: object) -> NoReturn:
     raise ValueError(f"method must be a str of 1..{MAX_METHOD_LENGTH} chars, got {method!r}")
 
 
-# ---------------------------------------- keys the parent refuses from a child
-
-_LEAVES = frozenset({type(None), bool, int, float, str, bytes})
-_SAFE_KEYS = frozenset({type(None), bool, str, bytes}) - PREDICTABLE_KEY_TYPES
-_PREDICTABLE = tuple(PREDICTABLE_KEY_TYPES)
-
-
-class _KeyBudget:
-    __slots__ = ("cost",)
-
-    def __init__(self) -> None:
-        self.cost = 0
-
-
-def check_keys_from_compartment(value: object, label: str, root: str) -> None:
-    """Raise what the parent's decoder would refuse in ``value``, before it is sent.
-
-    The parent decodes a compartment's frames in linear time only (see ``_decoder``):
-    it refuses tuple keys and more predictable-hash keys than one frame's budget. A
-    compartment that sends them gets this TypeError/ValueError as its call's error
-    instead of a channel killed for breaking the protocol.
-    """
-    _walk_keys(value, label, root, _KeyBudget(), 0)
-
-
-def _walk_keys(value: object, label: str, path: str, budget: _KeyBudget, depth: int) -> None:
-    if depth > _MAX_NESTING:
-        return  # the encoder refuses it, and names it
-    if isinstance(value, dict):
-        if not _SAFE_KEYS.issuperset(map(type, value)):  # at C speed, like the others
-            _charge_keys(value, label, path, budget)
-        items: Iterable[Any] = value.values()
-        if _LEAVES.issuperset(map(type, items)):
-            return
-        for key, item in value.items():
-            if type(item) not in _LEAVES:
-                _walk_keys(item, label, _key_path(path, key), budget, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        if _LEAVES.issuperset(map(type, value)):
-            return  # the common case: nothing below holds a dict
-        for index, item in enumerate(value):
-            if type(item) not in _LEAVES:
-                _walk_keys(item, label, f"{path}[{index}]", budget, depth + 1)
-
-
-def _charge_keys(value: dict[Any, Any], label: str, path: str, budget: _KeyBudget) -> None:
-    predictable = 0
-    for key in value:
-        if type(key) in PREDICTABLE_KEY_TYPES or (
-            type(key) is not bool and isinstance(key, _PREDICTABLE)
-        ):
-            predictable += 1
-        elif isinstance(key, tuple):
-            raise TypeError(
-                f"{label} holds, at `{path}`, a dict key of type tuple ({_short_repr(key)}), "
-                "which a compartment may not send: tuple keys hash without a secret key, so "
-                "the parent refuses them (a frame of them could cost it quadratic time); "
-                "use str keys or a list of pairs"
-            )
-    budget.cost += predictable * predictable
-    if budget.cost > MAX_PREDICTABLE_KEY_COST:
-        raise ValueError(
-            f"{label} holds too many int/float dict keys (at `{path}`, {predictable} of "
-            f"them): a frame from a compartment may hold one dict of "
-            f"{math.isqrt(MAX_PREDICTABLE_KEY_COST)} such keys or many smaller ones, as "
-            "their hashes are predictable and building the dicts could cost the parent "
-            "quadratic time; use str keys or a list of pairs"
-        )
-
-
-def _key_path(path: str, key: object) -> str:
-    return f"{path}[{_short_repr(key)}]"
-
-
-def _short_repr(value: object) -> str:
-    if isinstance(value, (str, bytes, int, float, bool, type(None), tuple)):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return f"<{type(value).__name__}>"
-
-
 # ------------------------------------------------- naming an unencodable value
 
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 _BIN_MAX = 2**32 - 1
-# msgpack's Packer refuses deeper nesting than this.
-_MAX_NESTING = 511
 
 
 class _Unencodable(Exception):
@@ -403,8 +307,8 @@ def _explain_value(value: object, label: str, root: str) -> Exception | None:
 
 
 def _find_unencodable(value: object, path: str, depth: int) -> None:
-    if depth > _MAX_NESTING:
-        raise _Unencodable(path, f"nested deeper than {_MAX_NESTING} levels")
+    if depth > MAX_NESTING:
+        raise _Unencodable(path, f"nested deeper than {MAX_NESTING} levels")
     if value is None or isinstance(value, (bool, float, *_OUT_OF_BAND)):
         return
     if isinstance(value, int):

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ProtocolError
 from ._extensions import Ext
-from ._frames import MAX_PREDICTABLE_KEY_COST, PREDICTABLE_KEY_TYPES
+from ._limits import MAX_PREDICTABLE_KEY_COST, PREDICTABLE_KEY_TYPES
 
 __all__ = ["KEY_TYPES", "KeyChecks"]
 
@@ -38,7 +38,7 @@ class KeyChecks:
 
         From an untrusted stream, array keys are refused and keys whose hash the sender
         can predict are charged ``m**2`` per map of ``m`` of them, against a per-frame
-        budget (see ``_frames.PREDICTABLE_KEY_TYPES``); the trusted parent may send any.
+        budget (see ``_limits.PREDICTABLE_KEY_TYPES``); the trusted parent may send any.
         msgpack's pure-Python build before 1.2.4 hands the hook a generator: consumed
         once by the checks below, it would leave every map empty.
         """
