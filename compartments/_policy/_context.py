@@ -6,12 +6,12 @@ import errno as errno_module
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import LandlockError, NoRulesEnabledError, RuleConflictError, UnknownSyscallError
 from . import _floor, _landlock, _seccomp
 from ._base import BasicCapabilities, CPythonRuntime
+from ._grants import Grants
 from ._imports import COMMON_CODECS, import_preloads
 from ._landlock import LandlockPolicy, PathRule, PortRule, Scope
 from ._rules import RuleSet, SeccompRule, as_ruleset
@@ -19,55 +19,10 @@ from ._seccomp import CompiledRule
 
 __all__ = ["COMMON_CODECS", "SafetyContext"]
 
-@dataclass
-class _Grants:
-    """What the enabled RuleSets allow, keyed by syscall, with where each grant came from."""
-
-    simple: dict[str, str] = field(default_factory=dict)
-    conditional: dict[str, list[tuple[str, SeccompRule]]] = field(default_factory=dict)
-    landlock: list[Any] = field(default_factory=list)
-
-    def copy(self) -> _Grants:
-        return _Grants(
-            dict(self.simple),
-            {k: list(v) for k, v in self.conditional.items()},
-            list(self.landlock),
-        )
-
-    def add_simple(self, syscall: str, source: str) -> None:
-        rules = self.conditional.get(syscall)
-        if rules:
-            raise RuleConflictError(syscall, rules[0][0], source)
-        self.simple.setdefault(syscall, source)
-
-    def add_conditional(self, rule: SeccompRule, source: str) -> None:
-        if rule.syscall in self.simple:
-            raise RuleConflictError(rule.syscall, source, self.simple[rule.syscall])
-        rules = self.conditional.setdefault(rule.syscall, [])
-        for other_source, other in rules:
-            if (other.errno is None) != (rule.errno is None) or (
-                rule.errno is not None and other.errno != rule.errno
-            ):
-                clash = _errno_clash(rule, source, other, other_source)
-                raise RuleConflictError(rule.syscall, source, other_source, clash)
-        if all(other != rule for _, other in rules):
-            rules.append((source, rule))
-
-
-def _errno_clash(rule: SeccompRule, source: str, other: SeccompRule, other_source: str) -> str:
-    def what(r: SeccompRule, s: str) -> str:
-        answer = f"answers {r.describe()[2:]}" if r.errno is not None else "allows it"
-        return f"RuleSet `{s}` {answer}"
-
-    return (
-        f"Conflicting rules on syscall `{rule.syscall}`: {what(rule, source)} while "
-        f"{what(other, other_source)}."
-    )
-
 
 #: The base sets' grants, merged once per process (a fork inherits them): every
 #: compartment's seal starts from them, on its spawn path.
-_base_grants: _Grants | None = None
+_base_grants: Grants | None = None
 
 
 class SafetyContext:
@@ -92,7 +47,7 @@ class SafetyContext:
     """
 
     def __init__(self) -> None:
-        self._grants = _Grants()
+        self._grants = Grants()
         self._enabled: list[str] = []
         self._errno = errno_module.EPERM
         self._landlock_best_effort = False
