@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import rulesets
 from .._policy import _roots
 from .._policy._rules import SeccompRule
+from ..rulesets import BasicCapabilities, CPythonRuntime, YesReally
+from ..rulesets.runtime import ChannelRuntime, SelfSignals, TerminalQuery
 from . import _broker
 from ._arguments import PATH_ARG, signed
 
@@ -73,9 +76,6 @@ class Grant:
 @functools.lru_cache(maxsize=1)
 def builtin_grants() -> tuple[Grant, ...]:
     """Every argument-free ``allow_*`` method of the builtin RuleSets, read from the code."""
-    from .. import rulesets
-    from ..rulesets import YesReally
-
     found = []
     for cls in (rulesets.SystemIO, rulesets.Networking, rulesets.Time, rulesets.Pipes,
                 rulesets.Threads, rulesets.ForkAndExec):  # fmt: skip
@@ -228,9 +228,6 @@ def suggest(syscall: str, args: Sequence[int], path: str | None) -> tuple[str, t
 @functools.lru_cache(maxsize=1)
 def _base_conditioned() -> dict[str, str]:
     """syscall -> the always-enabled set that allows it only under conditions."""
-    from ..rulesets import BasicCapabilities, CPythonRuntime
-    from ..rulesets.runtime import ChannelRuntime, SelfSignals, TerminalQuery
-
     found: dict[str, str] = {}
     # Only the syscall names count here, so any pid will do for SelfSignals.
     for base in (BasicCapabilities(), CPythonRuntime(), ChannelRuntime(),

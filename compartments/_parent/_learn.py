@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._policy._context import SafetyContext
 from .._text import printable
 from ..errors import RuleConflictError
 from ._advice import Grant, builtin_grants, grants_allowing, raw_advice_widens
@@ -113,8 +114,6 @@ def _cover(calls: Sequence[_Call]) -> list[Grant]:
 def _without_conflicts(chosen: list[Grant], calls: Sequence[_Call]) -> list[Grant]:
     """Drop a grant whose conditional rule clashes with another's simple rule, when the
     simple one already covers everything the dropped grant was chosen for."""
-    from .._policy._context import SafetyContext
-
     for _ in range(len(chosen)):
         context = SafetyContext()
         try:

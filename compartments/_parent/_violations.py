@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._text import printable
+from .._wire._frames import Fd
+from ..errors import PolicyViolation, ProtocolError
 from ._monitor import Listener, monitor
 from ._report import Violation, log_violation
 
@@ -53,9 +55,6 @@ class ViolationLog:
         connection.translate_error = self.translate
 
     def on_notification(self, method: str, params: list[Any]) -> None:
-        from .._wire._frames import Fd
-        from ..errors import ProtocolError
-
         if method != "$listener" or self._listener_seen or len(params) != 2:
             raise ProtocolError(f"`{self.compartment}` sent an unexpected notification")
         self._listener_seen = True
@@ -91,7 +90,6 @@ class ViolationLog:
         """A PermissionError whose call hit the filter becomes that PolicyViolation."""
         if not isinstance(error, PermissionError) or error.errno != errno.EPERM:
             return error
-        from ..errors import PolicyViolation
 
         with self._lock:
             # Answered in order: violations recorded since the previous reply are this call's.

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _seccomp
+from ._context import SafetyContext
 
 __all__ = [
     "check_rules",
@@ -152,7 +153,6 @@ def check_static_rules(rules: object) -> tuple[Any, ...]:
     checked = tuple(rules)
     if not checked or not _seccomp.available():
         return checked
-    from ._context import SafetyContext
 
     ctx = SafetyContext().preload(codecs="none")
     for ruleset in checked:
