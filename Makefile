@@ -36,6 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict compartments
 	$(VENV)/bin/mypy --strict tests/api/typed_usage.py
 	$(VENV)/bin/pyright tests/api/typed_usage.py
+	$(VENV)/bin/lint-imports
 
 demo: $(BASE)
 	$(PY) -m examples.ipc_db_server

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from compartments import Pool, control
-from compartments._supervised import Supervised
+from compartments._parent._supervised import Supervised
 from compartments._text import printable
 
 from . import baselines, targets

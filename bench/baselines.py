@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import msgpack
 
-from compartments._largebytes import unfilled_bytes
+from compartments._wire._largebytes import unfilled_bytes
 
 from .targets import burn
 

@@ -36,8 +36,9 @@ from collections.abc import Callable
 
 import msgpack
 
-from compartments import _largebytes, _wire, control
-from compartments._channel import Channel, socketpair
+from compartments import control
+from compartments._wire import _frames, _largebytes
+from compartments._wire._channel import Channel, socketpair
 
 from . import baselines, targets
 from .__main__ import ONE_CORE, per_op, pin, pin_split
@@ -87,7 +88,7 @@ def noop_ladder(rounds: int = 9, calls: int = 1000) -> None:
         return msgpack.unpackb(memoryview(buffer)[: sock.recv_into(buffer)])
 
     def wire() -> object:  # + our encoder, Channel and the validating FrameDecoder
-        data, fds = _wire.encode_request(next(ids), "__call__", [[], {}])
+        data, fds = _frames.encode_request(next(ids), "__call__", [[], {}])
         channel.send(data, fds)
         channel.receive_into(decoder)
         return decoder.next_message()
@@ -202,7 +203,7 @@ class _ChannelSink:
         self.ack = socket.socket(fileno=os.dup(self.channel.fileno()))
 
     def send(self, payload: bytes) -> None:
-        data, fds = _wire.encode_request(1, "m", [_largebytes.TrailingBytes(payload)])
+        data, fds = _frames.encode_request(1, "m", [_largebytes.TrailingBytes(payload)])
         self.channel.send(data, fds)
         self.ack.recv(1)
 

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _broker, _seccomp
+from ._parent import _broker
+from ._policy import _seccomp
 from ._text import printable
 from .errors import CompartmentsError
 
@@ -39,7 +40,7 @@ def _in_child(probe: Callable[[], bool]) -> bool:
 
 def _probe_filter(*, tsync: bool = False, notify: bool = False) -> Callable[[], bool]:
     def probe() -> bool:
-        from ._context import SafetyContext
+        from ._policy._context import SafetyContext
         from .rulesets import SystemIO
 
         ctx = SafetyContext().enable(SystemIO.nothing())
@@ -71,7 +72,7 @@ def _libseccomp_row() -> tuple[str, bool, bool, str, str]:
 
 
 def check(_args: argparse.Namespace) -> int:
-    from ._landlock import abi_version
+    from ._policy._landlock import abi_version
 
     abi = abi_version()
     served, served_why = _broker.mode()
@@ -129,7 +130,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _definition(target: Any) -> Any:
-    from ._proxy import CompartmentClass, CompartmentFunction
+    from ._parent._proxy import CompartmentClass, CompartmentFunction
 
     if isinstance(target, (CompartmentClass, CompartmentFunction)):
         return target._definition
@@ -145,8 +146,8 @@ def _literal(text: str) -> Any:
 
 def _resolved_rules(spec: str, definition: Any, call_args: list[Any]) -> list[Any]:
     """A callable rules= is evaluated after setup: in a throwaway sealed compartment."""
-    from ._resolve import RulesOf
-    from ._rules import ruleset_from_data
+    from ._parent._resolve import RulesOf
+    from ._policy._rules import ruleset_from_data
 
     module, _, qualname = spec.partition(":")
     name = printable(definition.name)
@@ -171,13 +172,13 @@ def _resolved_rules(spec: str, definition: Any, call_args: list[Any]) -> list[An
 
 def _compartment_context(rulesets: Sequence[Any]) -> Any:
     """The policy exactly as a compartment's child builds it before sealing."""
-    from ._child import sealing_context
+    from ._child._sealing import sealing_context
 
     return sealing_context(rulesets, os.getpid())
 
 
 def inspect_policy(args: argparse.Namespace) -> int:
-    from . import _explain
+    from ._policy import _explain
 
     definition = _definition(_target(args.target))
     call_args = [_literal(a) for a in args.args]
@@ -206,7 +207,7 @@ def inspect_policy(args: argparse.Namespace) -> int:
 
 
 def list_rulesets(args: argparse.Namespace) -> int:
-    from ._catalog import catalog, catalog_text
+    from .rulesets._catalog import catalog, catalog_text
 
     entries = catalog(args.only or "")
     if not entries:
@@ -220,7 +221,7 @@ def _learn_program(args: argparse.Namespace) -> int:
     policy generators do: each compartment prints its learned policy when it closes."""
     import runpy
 
-    from ._learn import learn_everything
+    from ._parent._learn import learn_everything
 
     if args.module:
         if os.getcwd() not in sys.path:
@@ -269,8 +270,9 @@ def _is_program(args: argparse.Namespace) -> bool:
 
 
 def learn(args: argparse.Namespace) -> int:
-    from ._proxy import CompartmentClass, CompartmentFunction
-    from ._supervised import NEVER, Definition, Supervised
+    from ._parent._definition import NEVER, Definition
+    from ._parent._proxy import CompartmentClass, CompartmentFunction
+    from ._parent._supervised import Supervised
 
     if _is_program(args):
         return _learn_program(args)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from .._rules import SeccompRule
-from .._seccomp import syscall_exists
+from .._policy._base import BuiltinRuleSet, known
 
 __all__ = ["BuilderRuleSet", "BuiltinRuleSet", "YesReally", "fd_number", "known"]
 
-Self = TypeVar("Self", bound="BuiltinRuleSet")
-
-
-def known(*syscalls: str) -> tuple[str, ...]:
-    """The syscalls that exist on this architecture (``open`` is absent on aarch64)."""
-    return tuple(name for name in syscalls if syscall_exists(name))
+Self = TypeVar("Self", bound=BuiltinRuleSet)
 
 
 def fd_number(file: Any, method: str) -> int:
@@ -26,63 +19,6 @@ def fd_number(file: Any, method: str) -> int:
     if fd < 0:
         raise ValueError(f"{method}: fd must not be negative, got {fd}")
     return fd
-
-
-class BuiltinRuleSet:
-    """An immutable RuleSet: each ``allow_*`` returns a new one with more granted."""
-
-    name: ClassVar[str]
-
-    def __init__(self) -> None:
-        self._simple: frozenset[str] = frozenset()
-        self._conditional: tuple[SeccompRule, ...] = ()
-        self._landlock: tuple[Any, ...] = ()
-
-    @classmethod
-    def nothing(cls: type[Self]) -> Self:
-        """Nothing granted yet; add capabilities with the ``allow_*`` methods."""
-        return cls()
-
-    def _with(
-        self: Self,
-        simple: Iterable[str] = (),
-        conditional: Iterable[SeccompRule] = (),
-        landlock: Iterable[Any] = (),
-    ) -> Self:
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone._simple = self._simple | frozenset(known(*simple))
-        extra = [r for r in conditional if syscall_exists(r.syscall)]
-        fresh = tuple(rule for rule in extra if rule not in self._conditional)
-        clone._conditional = self._conditional + fresh
-        clone._landlock = self._landlock + tuple(landlock)
-        return clone
-
-    def simple_rules(self) -> Sequence[str]:
-        return sorted(self._simple)
-
-    def conditional_rules(self) -> Mapping[str, Sequence[SeccompRule]]:
-        table: dict[str, list[SeccompRule]] = {}
-        for rule in self._conditional:
-            table.setdefault(rule.syscall, []).append(rule)
-        return table
-
-    def landlock_rules(self) -> Sequence[Any]:
-        return self._landlock
-
-    def __repr__(self) -> str:
-        conditional = sorted({r.syscall for r in self._conditional})
-        return f"{self.name}(simple={self.simple_rules()}, conditional={conditional})"
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is type(self)
-            and self._simple == other._simple
-            and set(self._conditional) == set(other._conditional)
-            and self._landlock == other._landlock
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 class BuilderRuleSet(BuiltinRuleSet):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._rules import Arg, SeccompRule
+from .._policy._rules import Arg, SeccompRule
 from ._builder import BuilderRuleSet, BuiltinRuleSet
 from .threads import CLONE3_FALLBACK, CLONE_NEW_FLAGS
 

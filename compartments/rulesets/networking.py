@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from .._landlock import TCP_BIND, TCP_CONNECT, PortRule
-from .._rules import Arg, SeccompRule
+from .._policy._landlock import TCP_BIND, TCP_CONNECT, PortRule
+from .._policy._rules import Arg, SeccompRule
 from ._builder import BuilderRuleSet, YesReally
 
 __all__ = ["Networking"]

@@ -5,7 +5,7 @@ syscall confines channel I/O to that block, and peers that arrive after the seal
 moved into it with dup3, the only place dup3 may write to.
 
 Files the parent opens for the compartment under the interpreter's import roots (see
-``compartments._broker``) arrive in a second block (128-191): reading them, seeking,
+``compartments._parent._broker``) arrive in a second block (128-191): reading them, seeking,
 fstat and listing a directory are allowed there and nowhere else.
 
 Two more needs of ordinary code on itself: signalling its own process (``abort()``,
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 
-from .._floor import SETFL_REFUSED
-from .._rules import Arg, SeccompRule
+from .._policy._floor import SETFL_REFUSED
+from .._policy._rules import Arg, SeccompRule
 from ._builder import BuiltinRuleSet
 
 __all__ = [
@@ -54,7 +54,7 @@ CHANNEL_IO = ("recvfrom", "recvmsg", "sendto", "sendmsg", "getsockopt", "getsock
 # stderr made the parent's writes fail). Access-mode and other bits that F_SETFL ignores
 # stay allowed: callers toggling O_NONBLOCK with F_SETFL pass back what F_GETFL returned
 # (O_RDWR, O_LARGEFILE, ...). os.set_blocking() itself uses ioctl(FIONBIO).
-# The always-loaded floor (compartments._floor) refuses the same bits for every grant.
+# The always-loaded floor (compartments._policy._floor) refuses the same bits for every grant.
 _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL = 1, 2, 3, 4
 _FIONBIO, _FIONCLEX, _FIOCLEX = 0x5421, 0x5450, 0x5451
 SAFE_COMMANDS = {

@@ -6,9 +6,9 @@ import errno
 import os
 from typing import Any
 
-from .. import _landlock
-from .._landlock import PathRule
-from .._rules import Arg, SeccompRule
+from .._policy import _landlock
+from .._policy._landlock import PathRule
+from .._policy._rules import Arg, SeccompRule
 from ._builder import BuilderRuleSet, YesReally, fd_number
 
 __all__ = ["SystemIO"]
@@ -100,7 +100,7 @@ class SystemIO(BuilderRuleSet):
     def allow_ioctl(self) -> SystemIO:
         """ioctl and fcntl on any fd, with any command but those the floor refuses.
 
-        Every sealed process also carries a small floor filter (``compartments._floor``)
+        Every sealed process also carries a small floor filter (``compartments._policy._floor``)
         that answers EPERM, whatever any RuleSet allows, to the terminal-injection and
         terminal-takeover ioctls (TIOCSTI, TIOCLINUX, TIOCCONS, TIOCSETD, TIOCSPGRP,
         TIOCVHANGUP, TIOCSCTTY's steal form, keymap changes), to the ways of aiming

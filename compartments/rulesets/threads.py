@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from .._rules import Arg, SeccompRule
+from .._policy._rules import Arg, SeccompRule
 from ._builder import BuilderRuleSet, YesReally
 
 __all__ = ["CLONE_NEW_FLAGS", "CLONE_THREAD", "Threads"]

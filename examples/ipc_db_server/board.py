@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from compartments import Proxy, RuleSet, SafetyContext, Served, control, serve
-from compartments._landlock import abi_version
+from compartments._policy._landlock import abi_version
 from compartments.rulesets.runtime import compartment_runtime
 
 from .client import LANDLOCK_NET_ABI, ReadClient, WriteClient, client_rules

@@ -13,7 +13,7 @@ import socket
 from typing import Protocol
 
 from compartments import RuleSet, compartment
-from compartments._landlock import abi_version
+from compartments._policy._landlock import abi_version
 from compartments.rulesets import Networking, Time
 
 __all__ = ["MAX_RESPONSE", "ReadClient", "WriteClient", "client_rules", "http_request"]

@@ -13,7 +13,8 @@ import granted_pkg
 import pytest
 from childproc import run_in_child
 
-from compartments import Isolate, SafetyContext, _roots, compartment
+from compartments import Isolate, SafetyContext, compartment
+from compartments._policy import _roots
 from compartments.rulesets import SystemIO
 
 STDLIB = os.path.dirname(os.__file__)

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from compartments import _server
-from compartments._channel import Channel, socketpair
-from compartments._decoder import FrameDecoder
-from compartments._server import Server
-from compartments._wire import Fd, Response, encode_request
+from compartments._child import _server
+from compartments._child._server import Server
+from compartments._wire._channel import Channel, socketpair
+from compartments._wire._decoder import FrameDecoder
+from compartments._wire._frames import Fd, Response, encode_request
 
 
 class _Sends:

@@ -1,5 +1,5 @@
 """print() and sys.stderr in a compartment whose policy grants no write: the text goes
-over the channel and the parent relays it like its pipes' (``compartments._stdio``)."""
+over the channel and the parent relays it like its pipes' (``compartments._child._stdio``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import warnings
 import pytest
 from relayed import relayed
 
-from compartments import _output, compartment
+from compartments import compartment
+from compartments._parent import _output
 from compartments.rulesets import SystemIO
 
 pytestmark = pytest.mark.timeout(60)

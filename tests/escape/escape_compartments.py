@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compartments import compartment
-from compartments._seccomp import syscall_exists, syscall_number
+from compartments._policy._seccomp import syscall_exists, syscall_number
 from compartments.rulesets import Networking, SystemIO
 
 _libc = ctypes.CDLL(None, use_errno=True)

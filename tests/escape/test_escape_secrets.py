@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from escape_compartments import Database, Parser, WebServer
 
-import compartments._supervisor as supervisor
+import compartments._parent._supervisor as supervisor
 
 SECRET_NAME = "COMPARTMENTS_ESCAPE_SECRET"
 SECRET = "s3cr3t-token-7f9a1c"

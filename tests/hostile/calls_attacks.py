@@ -19,7 +19,7 @@ import msgpack
 from wire_attacks import _msgid_being_served, _send_raw
 
 from compartments import RestartPolicy, compartment
-from compartments._wire import _TRAILING, EXT_TRAILING
+from compartments._wire._frames import _TRAILING, EXT_TRAILING
 from compartments.rulesets import SystemIO, Threads
 
 CHANNEL_FD = 64  # the parent's channel, first in the compartment's fd block

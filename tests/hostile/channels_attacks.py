@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from compartments import Fd, compartment
-from compartments._wire import _FD_INDEX, _MEMFD, EXT_MEMFD, EXT_PEER, encode_request
+from compartments._wire._frames import _FD_INDEX, _MEMFD, EXT_MEMFD, EXT_PEER, encode_request
 from compartments.rulesets import SystemIO, Threads
 
 SLEEP = Threads.nothing().allow_sleep().yes_really()

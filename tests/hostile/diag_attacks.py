@@ -89,7 +89,7 @@ def probe_signals_beyond_itself() -> dict[str, int]:
     group by number, every process (-1), and tgkill naming the parent as the group."""
     import ctypes
 
-    from compartments._seccomp import syscall_number
+    from compartments._policy._seccomp import syscall_number
 
     libc = ctypes.CDLL(None, use_errno=True)
 

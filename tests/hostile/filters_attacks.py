@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compartments import Fd, compartment
-from compartments._seccomp import syscall_number
+from compartments._policy._seccomp import syscall_number
 from compartments.rulesets import SystemIO
 from examples.ipc_db_server.database import SQLiteDatabase, database_rules
 

@@ -15,7 +15,8 @@ import msgpack
 from wire_attacks import CHANNEL_FD
 from wire_attacks import _send_raw as send_raw
 
-from compartments import _wire, compartment
+from compartments import compartment
+from compartments._wire import _frames
 from compartments.rulesets import SystemIO
 
 MiB = 2**20
@@ -74,7 +75,7 @@ class LogForger:
 
     def with_an_fd(self, count: int) -> None:
         """``count`` records whose message is an Fd: our stdin, riding along each."""
-        fd_ref = msgpack.ExtType(_wire.EXT_FD, _wire._FD_INDEX.pack(0))
+        fd_ref = msgpack.ExtType(_frames.EXT_FD, _frames._FD_INDEX.pack(0))
         frame = log_frame([30, "x", fd_ref, None, None, 0])
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0]))]
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=CHANNEL_FD)

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from compartments import compartment, rulesets
-from compartments._seccomp import syscall_number
+from compartments._policy._seccomp import syscall_number
 from compartments.rulesets import SystemIO
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -15,7 +15,7 @@ import os
 import socket
 
 from compartments import compartment
-from compartments._seccomp import syscall_number
+from compartments._policy._seccomp import syscall_number
 from compartments.rulesets import SystemIO, Threads
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -15,7 +15,7 @@ import os
 import resource
 
 from compartments import compartment
-from compartments._seccomp import syscall_number
+from compartments._policy._seccomp import syscall_number
 from compartments.rulesets import SystemIO
 
 SECRET = b"the-sibling-secret-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Attacks on the import-roots broker (``compartments._broker``) from sealed compartments.
+"""Attacks on the import-roots broker (``compartments._parent._broker``) from sealed compartments.
 
 Each compartment asks the parent, through its denied syscalls, for something the broker
 must not serve: a file or a listing outside the import roots, a writable or special fd,
@@ -17,8 +17,8 @@ import threading
 import time
 
 from compartments import Fd, compartment
-from compartments._roots import import_roots
-from compartments._seccomp import syscall_number
+from compartments._policy._roots import import_roots
+from compartments._policy._seccomp import syscall_number
 from compartments.rulesets import SystemIO, Threads
 
 _libc = ctypes.CDLL(None, use_errno=True)

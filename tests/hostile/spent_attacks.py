@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from compartments import _wire, compartment
+from compartments import compartment
+from compartments._wire import _frames
 from compartments.rulesets import SystemIO
 
 
@@ -14,7 +15,7 @@ def answer_then_stay() -> None:
         frame = frame.f_back
     assert frame is not None
     request, channel = frame.f_locals["request"], frame.f_locals["channel"]
-    channel.send(*_wire.encode_response(request.msgid, None, "done", method=request.method))
+    channel.send(*_frames.encode_response(request.msgid, None, "done", method=request.method))
     while True:  # the parent has its answer; the EOF on the channel is never read
         pass
 

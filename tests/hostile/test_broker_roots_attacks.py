@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import roots_attacks as attacks
 
-from compartments import Fd, _roots, _seccomp, _violations
+from compartments import Fd
+from compartments._parent import _monitor
+from compartments._policy import _roots, _seccomp
 from compartments.errors import CompartmentCrashed, PolicyViolation
 from compartments.rulesets.runtime import IMPORT_FD_BASE, IMPORT_FD_LIMIT
 
@@ -331,7 +333,7 @@ def test_a_compartment_killed_mid_request_leaves_the_monitor_serving(secret: Pat
     for _ in range(3):
         with pytest.raises(CompartmentCrashed):
             attacks.die_mid_request(8)
-    monitor = _violations.monitor().thread
+    monitor = _monitor.monitor().thread
     assert monitor is not None and monitor.is_alive()
     started = time.monotonic()
     with pytest.raises(PolicyViolation):

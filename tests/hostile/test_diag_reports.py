@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import diag_attacks as attacks
 import pytest
 
-from compartments import _output
+from compartments._parent import _output
 from compartments.errors import CallTimeout, CompartmentCrashed, PolicyViolation
 
 

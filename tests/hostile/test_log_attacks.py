@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from log_attacks import MALFORMED_KINDS, LogForger
 
-from compartments import _remote_log
+from compartments._parent import _remote_log
 from compartments._text import printable_lines
 from compartments.errors import ProtocolError
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import monitor_advice_attacks as attacks
 import pytest
 
-from compartments import _seccomp, control
-from compartments._rules import SeccompRule
-from compartments._violations import Violation, builtin_grants, grants_allowing, suggest
+from compartments import control
+from compartments._parent._advice import builtin_grants, grants_allowing, suggest
+from compartments._parent._report import Violation
+from compartments._policy import _seccomp
+from compartments._policy._rules import SeccompRule
 from compartments.errors import PolicyViolation
 
 _RAW = re.compile(r'rules=\[\.\.\., "(\w+)"\]')

@@ -13,7 +13,8 @@ from pathlib import Path
 import monitor_sibling_attacks as attacks
 import pytest
 
-from compartments import _landlock, control
+from compartments import control
+from compartments._policy import _landlock
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 import monitor_attacks as attacks
 import pytest
 
-from compartments import _violations
+from compartments._parent import _monitor
 from compartments.errors import PolicyViolation
 
 #: How long a violation in a healthy compartment may take to come back as PolicyViolation.
@@ -101,42 +101,42 @@ def test_a_base_exception_in_one_report_does_not_stop_the_monitor(
     class Killed(BaseException):
         pass
 
-    original = _violations.describe_violation
+    original = _monitor.describe_violation
     kills: list[int] = []
 
-    def die_once(*args: object, **kwargs: object) -> _violations.Violation:
+    def die_once(*args: object, **kwargs: object) -> _monitor.Violation:
         if not kills:
             kills.append(1)
             raise Killed()
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_violations, "describe_violation", die_once)
-    first = _violations.monitor()._thread
+    monkeypatch.setattr(_monitor, "describe_violation", die_once)
+    first = _monitor.monitor()._thread
     assert attacks.open_at_pointer(0) == errno.EPERM  # answered, though its report died
     assert kills == [1]
     assert_violations_still_reported(tmp_path)
-    assert _violations.monitor()._thread is not first
+    assert _monitor.monitor()._thread is not first
 
 
 @pytest.mark.timeout(30)
 def test_an_exception_while_recording_costs_only_that_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = _violations.describe_violation
+    original = _monitor.describe_violation
     calls: list[int] = []
 
-    def fail_once(*args: object, **kwargs: object) -> _violations.Violation:
+    def fail_once(*args: object, **kwargs: object) -> _monitor.Violation:
         calls.append(1)
         if len(calls) == 1:
             raise MemoryError("pretend")
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_violations, "describe_violation", fail_once)
-    first = _violations.monitor()._thread
+    monkeypatch.setattr(_monitor, "describe_violation", fail_once)
+    first = _monitor.monitor()._thread
     assert attacks.open_at_pointer(0) == errno.EPERM
     assert attacks.open_at_pointer.violations[-1].decoded == "openat(?)"
     assert_violations_still_reported(tmp_path)
-    assert _violations.monitor()._thread is first
+    assert _monitor.monitor()._thread is first
 
 
 def _thread_cpu(thread: threading.Thread | None) -> float:
@@ -150,10 +150,10 @@ def test_a_flood_of_denials_costs_the_parent_bounded_cpu_and_spares_the_others(
 ) -> None:
     """The cap is FLOOD_BURST reports, then FLOOD_RATE a second; a smaller burst here
     keeps the flood short (each report costs ~0.2-0.4 ms under pytest's log capture)."""
-    monkeypatch.setattr(_violations, "FLOOD_BURST", 256)
+    monkeypatch.setattr(_monitor, "FLOOD_BURST", 256)
     count = 100_000
     assert_violations_still_reported(tmp_path)  # the monitor runs, and is warm
-    monitor_thread = _violations.monitor()._thread
+    monitor_thread = _monitor.monitor()._thread
     before = _thread_cpu(monitor_thread)
     result: dict[str, int] = {}
     flood = threading.Thread(target=lambda: result.update(attacks.flood_denials(count)))
@@ -180,14 +180,14 @@ def test_a_monitor_that_died_without_restarting_itself_is_restarted_by_the_next_
     class Killed(BaseException):
         pass
 
-    def die(*args: object, **kwargs: object) -> _violations.Violation:
+    def die(*args: object, **kwargs: object) -> _monitor.Violation:
         raise Killed()
 
     assert_violations_still_reported(tmp_path)  # the monitor runs
-    monitor = _violations.monitor()
+    monitor = _monitor.monitor()
     with monkeypatch.context() as patch:
-        patch.setattr(_violations, "describe_violation", die)
-        patch.setattr(_violations.ViolationMonitor, "_restart", lambda self: None, raising=False)
+        patch.setattr(_monitor, "describe_violation", die)
+        patch.setattr(_monitor.ViolationMonitor, "_restart", lambda self: None, raising=False)
         assert attacks.open_at_pointer(0) == errno.EPERM  # still answered as it died
         dead = monitor._thread
         assert dead is not None
@@ -203,11 +203,11 @@ def test_a_flood_budget_is_shared_by_every_process_of_one_compartment(
 ) -> None:
     """fresh=True, restarts and a Pool's fresh workers are new processes of one compartment;
     a budget per process let each bring a new burst of reports."""
-    monkeypatch.setattr(_violations, "FLOOD_BURST", 64)
+    monkeypatch.setattr(_monitor, "FLOOD_BURST", 64)
     started = time.monotonic()
     for _ in range(4):
         assert attacks.fresh_flood(500) == 500
     elapsed = time.monotonic() - started
     reports = [r for r in caplog.records if "fresh_flood" in r.getMessage()
                and "was denied" in r.getMessage()]  # fmt: skip
-    assert len(reports) <= 64 + _violations.FLOOD_RATE * elapsed + 8, len(reports)
+    assert len(reports) <= 64 + _monitor.FLOOD_RATE * elapsed + 8, len(reports)

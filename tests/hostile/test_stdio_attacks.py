@@ -11,7 +11,8 @@ import pytest
 from relayed import relayed
 from stdio_attacks import MALFORMED, MiB, OutForger
 
-from compartments import _output, control
+from compartments import control
+from compartments._parent import _output
 from compartments.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(60)

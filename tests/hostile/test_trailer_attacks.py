@@ -12,7 +12,7 @@ import pytest
 from trailer_attacks import PeerTrailerForger, TrailerForger, Victim
 
 from compartments import control
-from compartments._largebytes import TRAILING_MIN
+from compartments._wire._largebytes import TRAILING_MIN
 from compartments.errors import ProtocolError
 
 PROMPTLY = 5.0

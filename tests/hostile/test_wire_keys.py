@@ -20,7 +20,7 @@ import pytest
 from wire_attacks import KeyForger, colliding_pairs, int_keys_sharing_probe_paths, packed_map
 
 from compartments import control
-from compartments._decoder import FrameDecoder
+from compartments._wire._decoder import FrameDecoder
 from compartments.errors import ProtocolError
 
 #: msgpack's pure-Python build is ~50x slower than its C build: a frame big enough to

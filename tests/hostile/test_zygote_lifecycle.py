@@ -24,7 +24,7 @@ import zygote_attacks
 from zygote_attacks import Worker, whoami
 from zygote_support import own_zygote
 
-import compartments._supervisor as supervisor
+import compartments._parent._supervisor as supervisor
 from compartments import Pool, control
 from compartments.rulesets import SystemIO
 
@@ -96,7 +96,7 @@ def test_compartments_started_from_two_exiting_threads_both_keep_answering() -> 
 PARENT_SCRIPT = textwrap.dedent(
     """
     import json, sys, threading, time
-    import compartments._supervisor as supervisor
+    import compartments._parent._supervisor as supervisor
     from zygote_attacks import Worker, whoami
 
     box = {}

@@ -20,7 +20,7 @@ import pytest
 from zygote_attacks import FlagSetter, Printer, StdioProbe
 from zygote_support import own_zygote
 
-from compartments import _output
+from compartments._parent import _output
 
 SECRET_OUTPUT = b"the parent printed this: stdout-secret-4f1d\n"
 

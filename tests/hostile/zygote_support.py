@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import compartments._supervisor as supervisor
+import compartments._parent._supervisor as supervisor
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from compartments._isolate import Bind, Isolate, IsolateSetupError
+from compartments._isolation._isolate import Bind, Isolate, IsolateSetupError
 
 pyseccomp = pytest.importorskip("pyseccomp")
 

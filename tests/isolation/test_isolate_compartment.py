@@ -404,7 +404,7 @@ def test_data_round_trip() -> None:
 
 def test_a_killed_isolated_compartment_leaves_no_zombie_behind() -> None:
     """Its namespace init is orphaned to the zygote (a subreaper), which reaps it."""
-    from compartments import _supervisor
+    from compartments._parent import _supervisor
 
     try:
         shim, init, worker = _started_too_slow()

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-import compartments._supervisor as supervisor
+import compartments._parent._supervisor as supervisor
 from compartments import RestartPolicy, compartment, control
-from compartments._seccomp import syscall_number
+from compartments._policy._seccomp import syscall_number
 from compartments.errors import CompartmentCrashed
 from compartments.rulesets import SystemIO
 
@@ -159,7 +159,7 @@ PARENT_SCRIPT = textwrap.dedent(
     import json, os, sys, time
     from compartments import compartment
     from compartments.rulesets import SystemIO
-    import compartments._supervisor as supervisor
+    import compartments._parent._supervisor as supervisor
 
     @compartment(rules=[SystemIO.nothing()])
     class Worker:
@@ -311,7 +311,7 @@ class _ReapsOnce:
 def test_two_callers_reaping_at_once_both_see_how_it_died() -> None:
     """The reader and a sender fail together: the loser used to find the pid reaped and
     report SIGKILL for a compartment that died of SIGSEGV."""
-    from compartments._supervisor import ChildProcess
+    from compartments._parent._supervisor import ChildProcess
 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from compartments import _output
+from compartments._parent import _output
 
 
 def _relayed(capsys: pytest.CaptureFixture[str], until: str, timeout: float = 5.0) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from logging_workloads import Logger, ThreadedLogger
 
-from compartments._channel import socketpair
+from compartments._wire._channel import socketpair
 
 pytestmark = pytest.mark.timeout(60)
 

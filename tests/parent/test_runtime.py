@@ -327,7 +327,7 @@ def test_unsupported_return_value_is_a_type_error() -> None:
 
 def test_environment_is_scrubbed_to_an_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
     environment.close()
-    import compartments._supervisor as supervisor
+    import compartments._parent._supervisor as supervisor
 
     monkeypatch.setenv("COMPARTMENTS_TEST_SECRET", "hunter2")
     monkeypatch.setattr(supervisor, "_zygote", None)  # a zygote started after the secret
@@ -342,7 +342,7 @@ def test_compartment_is_dumpable_only_inside_its_own_landlock_domain_and_dies_wi
 ) -> None:
     """Dumpable lets a same-uid parent decode violation reports; the private Landlock
     domain keeps siblings from ptrace (tests/hostile/test_monitor_nonroot.py)."""
-    from compartments._landlock import abi_version
+    from compartments._policy._landlock import abi_version
 
     in_domain = abi_version() > 0
     assert hardening() == {"dumpable": int(in_domain), "pdeathsig": signal.SIGKILL}

@@ -326,7 +326,7 @@ def test_a_forked_copy_of_the_parent_leaves_the_serving_alone(
 ) -> None:
     """A prefork server's child that exits (running the atexit hook) neither removes
     the socket file nor ends a line: it only drops its copies."""
-    from compartments import _serve
+    from compartments._parent import _serve
 
     with Client(served.path) as before:
         assert before.call("add", 1, 1) == 2

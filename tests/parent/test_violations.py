@@ -18,7 +18,7 @@ from childproc import run_in_child
 from learn_workload import workload
 
 from compartments import SafetyContext, compartment
-from compartments._violations import ViolationLog
+from compartments._parent._violations import ViolationLog
 from compartments.errors import PolicyViolation
 from compartments.rulesets import Networking, SystemIO
 
@@ -175,7 +175,7 @@ def test_a_swallowed_denial_is_not_blamed_on_a_later_error(tmp_path: Path) -> No
 
 
 def test_missing_user_notification_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    import compartments._violations as violations
+    import compartments._parent._violations as violations
 
     violations._fallback_reported = False
     with caplog.at_level(logging.WARNING, logger="compartments"):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from compartments import _landlock
-from compartments._landlock import (
+from compartments._policy import _landlock
+from compartments._policy._landlock import (
     ACCESS_FS_READ_FILE,
     ACCESS_FS_WRITE_FILE,
     CREATE_DIR,

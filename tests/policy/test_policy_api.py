@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compartments import Arg, RuleSet, SafetyContext, SeccompRule, _seccomp
-from compartments._seccomp import CompiledRule
+from compartments import Arg, RuleSet, SafetyContext, SeccompRule
+from compartments._policy import _seccomp
+from compartments._policy._seccomp import CompiledRule
 from compartments.errors import (
     CompartmentsError,
     NoRulesEnabledError,

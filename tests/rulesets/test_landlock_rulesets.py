@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from childproc import run_in_child
 
-from compartments import SafetyContext, _landlock
-from compartments._landlock import PathRule, Scope
+from compartments import SafetyContext
+from compartments._policy import _landlock
+from compartments._policy._landlock import PathRule, Scope
 from compartments.errors import LandlockError, RuleConflictError, UnsupportedError
 from compartments.rulesets import Networking, SystemIO
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from compartments import _output
+from compartments._parent import _output
 
 
 def relayed(

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from compartments._channel import CHANNEL_SYSCALLS, Channel, socketpair
-from compartments._decoder import FrameDecoder
-from compartments._wire import (
+from compartments._wire._channel import CHANNEL_SYSCALLS, Channel, socketpair
+from compartments._wire._decoder import FrameDecoder
+from compartments._wire._frames import (
     Fd,
     Request,
     Response,

@@ -21,12 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compartments import _wire, compartment, control
-from compartments._channel import Channel
-from compartments._connection import Connection
-from compartments._decoder import FrameDecoder
-from compartments._server import Server
-from compartments._wire import RemoteTraceback
+from compartments import compartment, control
+from compartments._child._server import Server
+from compartments._wire import _frames
+from compartments._wire._channel import Channel
+from compartments._wire._connection import Connection
+from compartments._wire._decoder import FrameDecoder
+from compartments._wire._frames import RemoteTraceback
 from compartments.errors import CallTimeout, CompartmentCrashed, ProtocolError
 from compartments.rulesets import SystemIO
 
@@ -87,7 +88,7 @@ def _ext(code: int, data: bytes) -> bytes:
 
 def _trailing_reply(size: int) -> bytes:
     """A reply whose result is announced as ``size`` trailing bytes."""
-    ext = msgpack.ExtType(_wire.EXT_TRAILING, struct.pack("!Q", size))
+    ext = msgpack.ExtType(_frames.EXT_TRAILING, struct.pack("!Q", size))
     return b"\x94\x01\x01\xc0" + msgpack.packb(ext)
 
 
@@ -172,12 +173,12 @@ HOSTILE_FRAMES: dict[str, tuple[bytes, str]] = {
     "trailing bytes claiming 16 EiB": (_trailing_reply(2**64 - 1), "hang"),
     "trailing bytes of one byte": (_trailing_reply(1) + b"x", "hang"),
     "trailing bytes of a bad ext length": (
-        b"\x94\x01\x01\xc0" + msgpack.packb(msgpack.ExtType(_wire.EXT_TRAILING, bytes(3))),
+        b"\x94\x01\x01\xc0" + msgpack.packb(msgpack.ExtType(_frames.EXT_TRAILING, bytes(3))),
         "hang",
     ),
     "trailing bytes as a map key": (
         b"\x94\x01\x01\xc0\x81"
-        + msgpack.packb(msgpack.ExtType(_wire.EXT_TRAILING, struct.pack("!Q", 64)))
+        + msgpack.packb(msgpack.ExtType(_frames.EXT_TRAILING, struct.pack("!Q", 64)))
         + b"\x01"
         + bytes(64),
         "hang",
@@ -396,7 +397,8 @@ def _decode_all(data: bytes, chunks: list[int], max_message: int = 4096) -> int:
             decoder.feed(data[position : position + size])
             position += size
             for message in decoder:
-                assert isinstance(message, (_wire.Request, _wire.Response, _wire.Notification))
+                kinds = (_frames.Request, _frames.Response, _frames.Notification)
+                assert isinstance(message, kinds)
                 seen += 1
     except ProtocolError:
         pass

@@ -8,7 +8,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from compartments import _decoder, _largebytes, _wire, compartment
+from compartments import compartment
+from compartments._wire import _decoder, _frames, _largebytes
 from compartments.errors import ProtocolError
 from compartments.rulesets import SystemIO
 
@@ -66,7 +67,7 @@ def _memfd_frame(content: bytes, announced: int) -> tuple[bytes, int]:
     fd = os.memfd_create("hostile")
     os.write(fd, content)
     frame = msgpack.packb(
-        [1, 7, None, msgpack.ExtType(_wire.EXT_MEMFD, _wire._MEMFD.pack(0, announced))],
+        [1, 7, None, msgpack.ExtType(_frames.EXT_MEMFD, _frames._MEMFD.pack(0, announced))],
         use_bin_type=True,
     )
     return frame, fd
@@ -93,7 +94,7 @@ def test_a_pipe_posing_as_a_memfd_is_a_protocol_error() -> None:
     read_end, write_end = os.pipe()
     os.close(write_end)
     frame = msgpack.packb(
-        [1, 7, None, msgpack.ExtType(_wire.EXT_MEMFD, _wire._MEMFD.pack(0, 5))],
+        [1, 7, None, msgpack.ExtType(_frames.EXT_MEMFD, _frames._MEMFD.pack(0, 5))],
         use_bin_type=True,
     )
     decoder = _decoder.FrameDecoder(name="hostile", from_parent=True)

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compartments import _largebytes, _wire, compartment
-from compartments._channel import HEAD_RECEIVE_SIZE, Channel, socketpair
-from compartments._decoder import FrameDecoder
-from compartments._wire import Fd, Request, Response, encode_request, encode_response
+from compartments import compartment
+from compartments._wire import _frames, _largebytes
+from compartments._wire._channel import HEAD_RECEIVE_SIZE, Channel, socketpair
+from compartments._wire._decoder import FrameDecoder
+from compartments._wire._frames import Fd, Request, Response, encode_request, encode_response
 from compartments.errors import ProtocolError
 from compartments.rulesets import SystemIO
 
@@ -35,13 +36,14 @@ def make(size: int, fill: int) -> bytes:
 
 def _trailing_frame(*payloads: bytes, msgid: int = 1) -> bytes:
     """A request whose params are trailing-bytes extensions, as one byte string."""
-    params = [msgpack.ExtType(_wire.EXT_TRAILING, _wire._TRAILING.pack(len(p))) for p in payloads]
+    ext = _frames.EXT_TRAILING
+    params = [msgpack.ExtType(ext, _frames._TRAILING.pack(len(p))) for p in payloads]
     head: bytes = msgpack.packb([0, msgid, "m", params], use_bin_type=True)
     return head + b"".join(payloads)
 
 
 def _hostile_head(ext_payload: bytes) -> bytes:
-    ext = msgpack.ExtType(_wire.EXT_TRAILING, ext_payload)
+    ext = msgpack.ExtType(_frames.EXT_TRAILING, ext_payload)
     data: bytes = msgpack.packb([0, 1, "m", [ext]], use_bin_type=True)
     return data
 
@@ -63,7 +65,7 @@ def test_bytes_below_the_threshold_stay_inside_the_frame() -> None:
 
 def test_frame_size_counts_trailing_bytes() -> None:
     data, _ = encode_response(1, None, bytes(BIG))
-    assert _wire.frame_size(data) == sum(len(part) for part in data) > BIG
+    assert _frames.frame_size(data) == sum(len(part) for part in data) > BIG
 
 
 # ------------------------------------------------------------------- decoding
@@ -145,12 +147,12 @@ def test_frames_with_trailing_bytes_split_anywhere_decode_identically(
 
 def test_trailing_bytes_announced_past_max_message_are_refused() -> None:
     with pytest.raises(ProtocolError, match="trailing bytes exceed max_message"):
-        FrameDecoder(max_message=1 << 20).feed(_hostile_head(_wire._TRAILING.pack(2 << 20)))
+        FrameDecoder(max_message=1 << 20).feed(_hostile_head(_frames._TRAILING.pack(2 << 20)))
 
 
 def test_trailing_bytes_adding_up_past_max_message_are_refused() -> None:
-    half = _wire._TRAILING.pack(600 << 10)
-    ext = msgpack.ExtType(_wire.EXT_TRAILING, half)
+    half = _frames._TRAILING.pack(600 << 10)
+    ext = msgpack.ExtType(_frames.EXT_TRAILING, half)
     head = msgpack.packb([0, 1, "m", [ext, ext]], use_bin_type=True)
     with pytest.raises(ProtocolError, match="trailing bytes exceed max_message"):
         FrameDecoder(max_message=1 << 20).feed(head)
@@ -159,7 +161,7 @@ def test_trailing_bytes_adding_up_past_max_message_are_refused() -> None:
 @pytest.mark.parametrize("size", [0, 1])
 def test_tiny_trailing_bytes_are_refused(size: int) -> None:
     with pytest.raises(ProtocolError, match=f"trailing bytes of {size} bytes"):
-        FrameDecoder().feed(_hostile_head(_wire._TRAILING.pack(size)))
+        FrameDecoder().feed(_hostile_head(_frames._TRAILING.pack(size)))
 
 
 def test_a_malformed_trailing_extension_is_refused() -> None:
@@ -169,7 +171,7 @@ def test_a_malformed_trailing_extension_is_refused() -> None:
 
 @pytest.mark.parametrize("nested", [False, True], ids=["key", "inside a tuple key"])
 def test_trailing_bytes_as_a_map_key_are_refused(nested: bool) -> None:
-    ext = msgpack.ExtType(_wire.EXT_TRAILING, _wire._TRAILING.pack(BIG))
+    ext = msgpack.ExtType(_frames.EXT_TRAILING, _frames._TRAILING.pack(BIG))
     key = (1, (ext,)) if nested else ext
     head = msgpack.packb([0, 1, "m", [{key: 1}]], use_bin_type=True)
     refused = r"trailing bytes, an Fd or a PeerRef\) used as a map key"

@@ -20,9 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compartments._decoder import FrameDecoder
-from compartments._traceback import format_exception, warm_linecache
-from compartments._wire import (
+from compartments._wire._decoder import FrameDecoder
+from compartments._wire._frames import (
     MAX_MSGID,
     Fd,
     Message,
@@ -37,6 +36,7 @@ from compartments._wire import (
     encode_request,
     encode_response,
 )
+from compartments._wire._traceback import format_exception, warm_linecache
 from compartments.errors import ProtocolError, RemoteError
 
 settings.register_profile(

@@ -1,0 +1,1 @@
+"""The parent's runtime: supervising compartments, calling them, and answering what they send."""

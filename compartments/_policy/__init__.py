@@ -1,0 +1,1 @@
+"""The policy language: RuleSets, the SafetyContext, and the seccomp and Landlock filters."""

@@ -1,0 +1,1 @@
+"""The wire: msgpack-RPC frames, the bounded decoder, channels, fds and errors as data."""
