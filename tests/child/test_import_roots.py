@@ -290,7 +290,7 @@ def test_the_base_interpreters_unused_site_packages_is_not_a_root() -> None:
 
 PRELOAD_WHEN_NOT_SERVED = """
 import sys
-from compartments import _sealed_imports
+from compartments._child import _sealed_imports
 assert "encodings.cp1252" not in sys.modules
 _sealed_imports.configure(served=sys.argv[1] == "served", reason="a kernel before 5.14")
 print("encodings.cp1252" in sys.modules, "encodings.mac_roman" in sys.modules)
