@@ -54,8 +54,12 @@ _ACCEPT_BATCH = 64
 #: The most of its time the serving thread spends handing clients over: ``$attach`` runs
 #: on the parent's own line and under its GIL, so a client that connects and hangs up in a
 #: loop would otherwise slow the parent's calls by as much as it likes. After a hand-over
-#: that took t seconds, the next client is accepted t * (1 / share - 1) seconds later.
+#: that took t seconds, the next client is accepted t * (1 / share - 1) seconds later,
+#: or :data:`_HAND_OVER_PAUSE_MAX` if that is less.
 _HAND_OVER_SHARE = 0.2
+#: The longest such pause: a hand-over that waited behind a long call of the parent's
+#: says nothing of the clients, and must not lock them out four times as long.
+_HAND_OVER_PAUSE_MAX = 0.1
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -253,7 +257,8 @@ class Served:
         finally:
             os.close(held)
             took = time.monotonic() - started
-            self._next_accept = time.monotonic() + took * (1 / _HAND_OVER_SHARE - 1)
+            pause = min(took * (1 / _HAND_OVER_SHARE - 1), _HAND_OVER_PAUSE_MAX)
+            self._next_accept = time.monotonic() + pause
         with self._lock:
             self._lines[watch] = _Line(sock, watch)
         self.served += 1

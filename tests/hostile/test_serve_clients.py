@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -363,6 +364,24 @@ def test_clients_that_reconnect_in_a_loop_hold_the_parents_line_a_fifth_of_the_t
     fifth (``_serve._HAND_OVER_SHARE``); 0.3 leaves room for the first of a burst."""
     share = _hand_over_share(calc, served.path, served, mode)
     assert share < 0.3, f"hand-overs held the parent's line {share:.0%} of the time"
+
+
+@pytest.mark.timeout(60)
+def test_a_hand_over_that_waited_behind_a_long_call_does_not_lock_clients_out(
+    served: compartments.Served, calc: Any
+) -> None:
+    """The pacing pauses four times a hand-over's length: one that waited 2 s behind the
+    parent's own call would have turned clients away for 8 s. It pauses 0.1 s at most."""
+    busy = threading.Thread(target=calc.spin, args=(2000,))
+    busy.start()
+    time.sleep(0.2)  # the parent's 2 s call is running in the compartment
+    with Client(served.path) as first:
+        assert first.call("add", 1, 1) == 2  # handed over once the call was done
+    busy.join()
+    started = time.monotonic()
+    with Client(served.path) as second:
+        assert second.call("add", 2, 2) == 4
+    assert time.monotonic() - started < 1.5
 
 
 @pytest.mark.timeout(180)
