@@ -21,7 +21,6 @@ alone, as it makes no round trip).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import cProfile
 import io
 import itertools
@@ -287,8 +286,11 @@ def _run_ns(pid: int | str) -> int:
     """CPU time a process has run, every thread of it, in ns (the scheduler's own count)."""
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/schedstat") as stat, contextlib.suppress(OSError):
-            total += int(stat.read().split()[0])
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except OSError:  # the thread exited since the listing: it counts no more
+            continue
     return total
 
 

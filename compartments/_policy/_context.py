@@ -14,6 +14,7 @@ from ._base import BasicCapabilities, CPythonRuntime
 from ._grants import Grants
 from ._imports import COMMON_CODECS, import_preloads
 from ._landlock import LandlockPolicy, PathRule, PortRule, Scope
+from ._landlock_abi import ACCESS_FS_READ_FILE
 from ._rules import RuleSet, SeccompRule, as_ruleset
 from ._seccomp import CompiledRule
 
@@ -188,7 +189,7 @@ class SafetyContext:
         """The paths the enabled RuleSets' Landlock rules let the sealed process read."""
         return [
             r.path for r in self._grants.landlock
-            if isinstance(r, PathRule) and r.access & _landlock.ACCESS_FS_READ_FILE
+            if isinstance(r, PathRule) and r.access & ACCESS_FS_READ_FILE
         ]  # fmt: skip
 
     # -- inspecting -------------------------------------------------------------------

@@ -34,18 +34,11 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import LandlockError, UnsupportedError
 from ._landlock_abi import (
-    ACCESS_FS_EXECUTE,
-    ACCESS_FS_IOCTL_DEV,
     ACCESS_FS_MAKE_BLOCK,
-    ACCESS_FS_MAKE_CHAR,
     ACCESS_FS_MAKE_DIR,
-    ACCESS_FS_MAKE_FIFO,
     ACCESS_FS_MAKE_REG,
-    ACCESS_FS_MAKE_SOCK,
-    ACCESS_FS_MAKE_SYM,
     ACCESS_FS_READ_DIR,
     ACCESS_FS_READ_FILE,
-    ACCESS_FS_REFER,
     ACCESS_FS_REMOVE_DIR,
     ACCESS_FS_REMOVE_FILE,
     ACCESS_FS_TRUNCATE,
@@ -69,24 +62,6 @@ from ._landlock_abi import (
 )
 
 __all__ = [
-    "ACCESS_FS_EXECUTE",
-    "ACCESS_FS_IOCTL_DEV",
-    "ACCESS_FS_MAKE_BLOCK",
-    "ACCESS_FS_MAKE_CHAR",
-    "ACCESS_FS_MAKE_DIR",
-    "ACCESS_FS_MAKE_FIFO",
-    "ACCESS_FS_MAKE_REG",
-    "ACCESS_FS_MAKE_SOCK",
-    "ACCESS_FS_MAKE_SYM",
-    "ACCESS_FS_READ_DIR",
-    "ACCESS_FS_READ_FILE",
-    "ACCESS_FS_REFER",
-    "ACCESS_FS_REMOVE_DIR",
-    "ACCESS_FS_REMOVE_FILE",
-    "ACCESS_FS_TRUNCATE",
-    "ACCESS_FS_WRITE_FILE",
-    "ACCESS_NET_BIND_TCP",
-    "ACCESS_NET_CONNECT_TCP",
     "CREATE_DIR",
     "CREATE_IN_DIR",
     "DNS_FILES",

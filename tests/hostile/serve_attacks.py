@@ -61,38 +61,33 @@ def gigabyte(path: str, until: float) -> None:
                 pass
 
 
+def _pipeline(sock: socket.socket, batch: bytes, count: int, until: float) -> None:
+    """Send ``batch`` (``count`` requests) and read all its answers, until the time is up."""
+    unpacker = msgpack.Unpacker()
+    while time.monotonic() < until:
+        sock.sendall(batch)
+        answered = 0
+        while answered < count:
+            data = sock.recv(65536)
+            if not data:
+                return
+            unpacker.feed(data)
+            answered += sum(1 for _ in unpacker)
+
+
 def flood(path: str, until: float) -> None:
     """Pipelined requests as fast as the line takes them, reading every answer: the
     compartment is kept busy with this line's work."""
     with connect(path) as sock:
         batch = b"".join(request(i, "echo", ["x" * 512]) for i in range(PIPELINED))
-        unpacker = msgpack.Unpacker()
-        while time.monotonic() < until:
-            sock.sendall(batch)
-            answered = 0
-            while answered < PIPELINED:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                unpacker.feed(data)
-                answered += sum(1 for _ in unpacker)
+        _pipeline(sock, batch, PIPELINED, until)
 
 
 def spin(path: str, until: float) -> None:
     """Pipelined requests that each keep the compartment busy for 5 ms."""
     with connect(path) as sock:
         sock.settimeout(30)
-        batch = b"".join(request(i, "spin", [5]) for i in range(100))
-        unpacker = msgpack.Unpacker()
-        while time.monotonic() < until:
-            sock.sendall(batch)
-            answered = 0
-            while answered < 100:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                unpacker.feed(data)
-                answered += sum(1 for _ in unpacker)
+        _pipeline(sock, b"".join(request(i, "spin", [5]) for i in range(100)), 100, until)
 
 
 def unread(path: str, until: float) -> None:

@@ -20,8 +20,6 @@ import pytest
 
 from compartments._policy import _landlock
 from compartments._policy._landlock import (
-    ACCESS_FS_READ_FILE,
-    ACCESS_FS_WRITE_FILE,
     CREATE_DIR,
     CREATE_IN_DIR,
     LIST_DIR,
@@ -37,6 +35,7 @@ from compartments._policy._landlock import (
     PortRule,
     Scope,
 )
+from compartments._policy._landlock_abi import ACCESS_FS_READ_FILE, ACCESS_FS_WRITE_FILE
 from compartments.errors import LandlockError, UnsupportedError
 
 pytestmark = pytest.mark.skipif(_landlock.abi_version() < 6, reason="needs Landlock ABI 6")
